@@ -1,0 +1,136 @@
+"""Settings: one table of options, read from defaults < INI file < environment < command line.
+
+The same table prints the commented sample (`jeroboam config sample`) and the
+README's reference, so the three never drift apart.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Option:
+    section: str
+    name: str
+    default: object
+    help: str
+
+    @property
+    def env(self) -> str:
+        return f"JEROBOAM_{self.section}_{self.name}".upper()
+
+
+def _default_data_dir() -> str:
+    return os.path.join(os.path.expanduser("~"), ".local", "share", "jeroboam")
+
+
+OPTIONS: list[Option] = [
+    Option("server", "bind", "127.0.0.1:9511", "HOST:PORT the API listens on."),
+    Option("server", "api_workers", 1, "Number of API processes."),
+    Option("server", "data_dir", _default_data_dir(), "Where the embedded database and cluster state live."),
+    Option("server", "database", "", "SQLAlchemy URL; empty means a SQLite file in data_dir. "
+           "Use postgresql://user@host/db to scale out."),
+    Option("server", "max_limit", 1000, "Largest page a list returns; also the default page size."),
+    Option("server", "log_level", "info", "debug, info, warning or error."),
+    Option("server", "access_log", True, "Write one structured line per request."),
+    Option("auth", "strategy", "noauth", "noauth (identity from X-Project-Id/X-User-Id/X-Roles) or keystone."),
+    Option("auth", "noauth_project", "default", "Project of a noauth caller that sends no X-Project-Id."),
+    Option("auth", "noauth_user", "admin", "User of a noauth caller that sends no X-User-Id."),
+    Option("auth", "noauth_roles", "admin,member,reader", "Roles of a noauth caller that sends no X-Roles."),
+    Option("auth", "policy_file", "", "YAML or JSON file overriding policy rules."),
+    Option("auth", "keystone_url", "", "Keystone v3 URL used to validate tokens (keystone strategy)."),
+    Option("auth", "keystone_username", "", "Service user that validates tokens."),
+    Option("auth", "keystone_password", "", "Password of the service user."),
+    Option("auth", "keystone_project", "service", "Project of the service user."),
+    Option("auth", "keystone_domain", "Default", "Domain of the service user and its project."),
+    Option("auth", "token_cache_seconds", 300, "How long a validated token is trusted without asking Keystone."),
+    Option("worker", "threads", 4, "Tasks one worker process runs at once."),
+    Option("worker", "lease_seconds", 15, "A task whose worker stops heartbeating is taken over after this."),
+    Option("worker", "poll_interval", 0.2, "Seconds an idle worker waits between looks at the queue."),
+    Option("worker", "service_down_seconds", 30, "A worker silent this long shows as down in mservices."),
+    Option("quotas", "max_clusters_per_project", 20, "Cluster quota of a project that has no quota row."),
+    Option("drivers", "disabled_drivers", "", "Comma-separated driver names not to load."),
+    Option("images", "catalog", "jeroboam-node=debian",
+           "Images templates may name, as image_id=os_distro[,...]. The os_distro picks the driver."),
+]
+
+
+def _coerce(default, raw: str):
+    if isinstance(default, bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw
+
+
+@dataclass
+class Settings:
+    values: dict[tuple[str, str], object] = field(default_factory=dict)
+
+    def get(self, section: str, name: str):
+        return self.values[(section, name)]
+
+    def set(self, section: str, name: str, value) -> None:
+        if (section, name) not in self.values:
+            raise KeyError(f"unknown option [{section}] {name}")
+        self.values[(section, name)] = value
+
+    # Shortcuts for the settings read on hot paths or in many places.
+    @property
+    def database_url(self) -> str:
+        url = self.get("server", "database")
+        if url:
+            return url
+        data_dir = Path(self.get("server", "data_dir"))
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{data_dir / 'jeroboam.sqlite'}"
+
+    @property
+    def image_catalog(self) -> dict[str, str]:
+        entries = [e.strip() for e in str(self.get("images", "catalog")).split(",") if e.strip()]
+        return dict(e.split("=", 1) for e in entries)
+
+    def as_env(self) -> dict[str, str]:
+        """The settings as environment variables, for child processes."""
+        return {opt.env: str(self.values[(opt.section, opt.name)]) for opt in OPTIONS}
+
+
+def load(config_file: str | None = None, overrides: dict[tuple[str, str], object] | None = None,
+         environ: dict[str, str] | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    parser = configparser.ConfigParser()
+    config_file = config_file or environ.get("JEROBOAM_CONFIG")
+    if config_file:
+        if not parser.read(config_file):
+            raise FileNotFoundError(f"config file not found: {config_file}")
+    settings = Settings()
+    for opt in OPTIONS:
+        value = opt.default
+        if parser.has_option(opt.section, opt.name):
+            value = _coerce(opt.default, parser.get(opt.section, opt.name))
+        if opt.env in environ:
+            value = _coerce(opt.default, environ[opt.env])
+        settings.values[(opt.section, opt.name)] = value
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            settings.set(*key, value)
+    return settings
+
+
+def sample() -> str:
+    lines = ["# Jeroboam configuration. Every option can also be set as the environment",
+             "# variable named after it, e.g. JEROBOAM_SERVER_DATABASE.", ""]
+    section = None
+    for opt in OPTIONS:
+        if opt.section != section:
+            section = opt.section
+            lines += ["", f"[{section}]"]
+        default = str(opt.default).lower() if isinstance(opt.default, bool) else opt.default
+        lines += [f"# {opt.help}", f"# ({opt.env})", f"#{opt.name} = {default}"]
+    return "\n".join(lines).lstrip() + "\n"

@@ -1,4 +1,5 @@
 """Foundation: templates, clusters, nodegroups, tasks, services, quotas, federations.
+
 Revision ID: 0001
 Revises: 
 """

@@ -1,0 +1,148 @@
+"""The ASGI application: routes, the root documents, and the per-request middleware."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+import uuid
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from jeroboam import config
+from jeroboam.api import microversions, openapi
+from jeroboam.api.auth import make_auth
+from jeroboam.api.errors import router_error
+from jeroboam.api.policy import Policy
+from jeroboam.api.routing import json_response, base_url
+from jeroboam.db.base import make_engine, make_sessionmaker
+from jeroboam.drivers import Registry
+
+ACCESS_LOG = logging.getLogger("jeroboam.access")
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+RESOURCE_MODULES = ["clustertemplates", "clusters", "nodegroups", "certificates", "quotas", "federations",
+                    "tasks", "stacks"]
+V1_COLLECTIONS = ["clustertemplates", "clusters", "quotas", "certificates", "mservices", "stats", "federations",
+                  "credentials"]
+
+
+def resources():
+    found = []
+    for name in RESOURCE_MODULES:
+        try:
+            module = importlib.import_module(f"jeroboam.api.{name}")
+        except ModuleNotFoundError as exc:
+            # The stacks API arrives with the orchestration engine.
+            if exc.name != f"jeroboam.api.{name}":
+                raise
+            continue
+        found.extend(module.RESOURCES)
+    return found
+
+
+async def root(request: Request) -> Response:
+    base = base_url(request)
+    return json_response({
+        "name": "OpenStack Magnum API",
+        "description": "Magnum is an OpenStack project which aims to provide container cluster management.",
+        "versions": [{"id": "v1", "links": [{"href": f"{base}/v1/", "rel": "self"}], "status": "CURRENT",
+                      "max_version": microversions.fmt(microversions.MAX),
+                      "min_version": microversions.fmt(microversions.MIN)}],
+    }, 200, {"x-openstack-request-id": request.scope["state"]["request_id"]})
+
+
+async def v1_root(request: Request) -> Response:
+    base = base_url(request)
+    body = {
+        "id": "v1",
+        "media_types": [{"base": "application/json", "type": "application/vnd.openstack.magnum.v1+json"}],
+        "links": [{"href": f"{base}/v1/", "rel": "self"},
+                  {"href": "http://docs.openstack.org/developer/magnum/dev/api-spec-v1.html",
+                   "rel": "describedby", "type": "text/html"}],
+    }
+    for name in V1_COLLECTIONS:
+        body[name] = [{"href": f"{base}/v1/{name}/", "rel": "self"}, {"href": f"{base}/{name}/", "rel": "bookmark"}]
+    body["nodegroups"] = [{"href": f"{base}/v1/clusters/{{cluster_id}}/nodegroups", "rel": "self"},
+                          {"href": f"{base}/clusters/{{cluster_id}}/nodegroups", "rel": "bookmark"}]
+    body["tasks"] = [{"href": f"{base}/v1/tasks/", "rel": "self"}, {"href": f"{base}/tasks/", "rel": "bookmark"}]
+    headers = {"x-openstack-request-id": request.scope["state"]["request_id"], **microversions.DEFAULT_HEADERS}
+    return json_response(body, 200, headers)
+
+
+async def healthcheck(request: Request) -> Response:
+    return Response("OK", 200, media_type="text/plain")
+
+
+async def openapi_document(request: Request) -> Response:
+    return json_response(request.app.state.openapi, 200, {})
+
+
+async def not_found(scope, receive, send) -> None:
+    response = Response(router_error(404, "Not Found"), 404, media_type="application/json",
+                        headers={"x-openstack-request-id": scope["state"]["request_id"]})
+    await response(scope, receive, send)
+
+
+class RequestMiddleware:
+    """Gives each request an id, routes Magnum's path aliases, and logs one line per request.
+
+    `/clusters` is served as `/v1/clusters` (Magnum routes any first segment
+    that is not `v1` that way) and a trailing slash is dropped.
+    """
+
+    PASS_THROUGH = ("/", "/v1", "/healthcheck")
+
+    def __init__(self, app, access_log: bool):
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        request_id = f"req-{uuid.uuid4()}"
+        scope.setdefault("state", {})["request_id"] = request_id
+        path = scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            path = path.rstrip("/") or "/"
+        if path not in self.PASS_THROUGH and not path.startswith("/v1/"):
+            path = "/v1" + path
+        scope["path"] = path
+        status = 500
+
+        async def send_with_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            if self.access_log:
+                ACCESS_LOG.info('request_id=%s method=%s path="%s" status=%d duration_ms=%.2f', request_id,
+                                scope["method"], scope["path"], status, (time.perf_counter() - start) * 1000)
+
+
+def create_app(settings: config.Settings | None = None, engine=None) -> Starlette:
+    settings = settings or config.load()
+    engine = engine or make_engine(settings.database_url)
+    all_resources = resources()
+    routes = [Route("/", root), Route("/v1", v1_root), Route("/healthcheck", healthcheck),
+              Route("/v1/openapi.json", openapi_document)]
+    # Every method reaches the resource, which answers 405 itself in Magnum's error shape.
+    routes += [Route(r.path, r.__call__, methods=ALL_METHODS) for r in all_resources]
+    app = Starlette(routes=routes)
+    app.router.default = not_found
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.session_factory = make_sessionmaker(engine)
+    app.state.policy = Policy(settings.get("auth", "policy_file"))
+    app.state.auth = make_auth(settings)
+    disabled = settings.get("drivers", "disabled_drivers")
+    app.state.drivers = lambda: Registry(disabled)
+    app.state.openapi = openapi.document(all_resources)
+    return RequestMiddleware(app, bool(settings.get("server", "access_log")))

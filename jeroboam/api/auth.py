@@ -1,0 +1,97 @@
+"""Who is calling: identity from noauth headers, or from a Keystone token.
+
+noauth takes X-Project-Id, X-User-Id and X-Roles as a trusted proxy (or a test)
+would set them, with configured defaults so that plain `curl` and
+`openstack --os-auth-type none` work. keystone validates X-Auth-Token against
+Keystone's /v3/auth/tokens and keeps the answer for token_cache_seconds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from jeroboam.api.errors import Unauthorized
+from jeroboam.api.policy import expand_roles
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    project_id: str
+    user_id: str
+    roles: frozenset[str]
+    request_id: str
+    version: tuple[int, int] = (1, 1)
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+
+def _split_roles(value: str) -> frozenset[str]:
+    return expand_roles(r.strip().lower() for r in value.split(",") if r.strip())
+
+
+class NoAuth:
+    def __init__(self, settings):
+        self.project = settings.get("auth", "noauth_project")
+        self.user = settings.get("auth", "noauth_user")
+        self.roles = settings.get("auth", "noauth_roles")
+
+    def identify(self, headers) -> tuple[str, str, frozenset[str]]:
+        project = headers.get("x-project-id") or headers.get("x-tenant-id") or self.project
+        user = headers.get("x-user-id") or self.user
+        roles = headers.get("x-roles")
+        return project, user, _split_roles(self.roles if roles is None else roles)
+
+
+class KeystoneAuth:
+    def __init__(self, settings):
+        from keystoneauth1 import session as ks_session
+        from keystoneauth1.identity import v3
+
+        self.url = settings.get("auth", "keystone_url").rstrip("/")
+        domain = settings.get("auth", "keystone_domain")
+        auth = v3.Password(
+            auth_url=self.url, username=settings.get("auth", "keystone_username"),
+            password=settings.get("auth", "keystone_password"),
+            project_name=settings.get("auth", "keystone_project"),
+            user_domain_name=domain, project_domain_name=domain)
+        self.session = ks_session.Session(auth=auth)
+        self.ttl = float(settings.get("auth", "token_cache_seconds"))
+        self._cache: dict[str, tuple[float, tuple]] = {}
+        self._lock = threading.Lock()
+
+    def identify(self, headers) -> tuple[str, str, frozenset[str]]:
+        token = headers.get("x-auth-token")
+        if not token:
+            raise Unauthorized("no token", headers={"WWW-Authenticate": f'Keystone uri="{self.url}"'})
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(token)
+        if hit and hit[0] > now:
+            return hit[1]
+        identity = self._validate(token)
+        with self._lock:
+            self._cache[token] = (now + self.ttl, identity)
+        return identity
+
+    def _validate(self, token: str):
+        response = self.session.get(
+            f"{self.url}/v3/auth/tokens", headers={"X-Subject-Token": token}, raise_exc=False)
+        if response.status_code != 200:
+            raise Unauthorized("invalid token", headers={"WWW-Authenticate": f'Keystone uri="{self.url}"'})
+        body = response.json()["token"]
+        roles = expand_roles(r["name"].lower() for r in body.get("roles", []))
+        project = (body.get("project") or {}).get("id") or body["user"]["id"]
+        return project, body["user"]["id"], roles
+
+
+def make_auth(settings):
+    strategy = settings.get("auth", "strategy")
+    if strategy == "noauth":
+        return NoAuth(settings)
+    if strategy == "keystone":
+        return KeystoneAuth(settings)
+    raise ValueError(f"unknown auth strategy {strategy!r} (noauth or keystone)")

@@ -1,0 +1,89 @@
+"""What every resource module shares: finding an object by uuid or name, paging a list."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlencode
+
+import sqlalchemy as sa
+
+from jeroboam.api.errors import BadRequest, Conflict, NotFound
+
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+
+
+def is_uuid(value: str) -> bool:
+    return bool(UUID_RE.match(value))
+
+
+def iso(value) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def find_one(session, model, ident: str, scope, kind: str, plural: str):
+    """An object by uuid, else by unique name, among those `scope` (a where clause) lets the caller see."""
+    column = model.uuid if is_uuid(ident) else model.name
+    rows = session.scalars(sa.select(model).where(column == ident, scope).limit(2)).all()
+    if not rows:
+        raise NotFound(f"{kind} {ident} could not be found.")
+    if len(rows) > 1:
+        raise Conflict(f"Multiple {plural} exist with same name. Please use the {kind.lower()} uuid instead.")
+    return rows[0]
+
+
+def page(call, model, stmt, path: str, marker_column: str = "uuid", extra_query: dict | None = None):
+    """Apply limit/marker/sort_key/sort_dir to `stmt`; returns (rows, next_url or None).
+
+    Keyset pagination on (sort_key, id), nulls last ascending, so that the marker
+    works the same on SQLite and PostgreSQL.
+    """
+    q = call.query
+    max_limit = int(call.state.settings.get("server", "max_limit"))
+    limit = int(q["limit"]) if "limit" in q else max_limit
+    if limit <= 0:
+        raise BadRequest("Limit must be positive")
+    limit = min(limit, max_limit)
+    sort_dir = q.get("sort_dir", "asc")
+    if sort_dir not in ("asc", "desc"):
+        raise BadRequest(f"Invalid sort direction: {sort_dir}. Acceptable values are 'asc' or 'desc'")
+    sort_key = q.get("sort_key", "id")
+    column = model.__table__.columns.get(sort_key)
+    if column is None:
+        raise BadRequest(f'The sort_key value "{sort_key}" is an invalid field for sorting')
+    column = getattr(model, sort_key)
+    ident = model.id
+    if "marker" in q:
+        marker_attr = getattr(model, marker_column)
+        marker_value = int(q["marker"]) if marker_column == "id" else q["marker"]
+        marker = call.session.execute(sa.select(column, ident).where(marker_attr == marker_value)).first()
+        if marker is None:
+            raise NotFound(f"Marker {q['marker']} could not be found.")
+        stmt = stmt.where(_after(column, ident, marker[0], marker[1], sort_dir))
+    if sort_dir == "asc":
+        stmt = stmt.order_by(column.is_(None), column, ident)
+    else:
+        stmt = stmt.order_by(column.is_not(None), column.desc(), ident.desc())
+    rows = call.session.scalars(stmt.limit(limit)).all()
+    next_url = None
+    if len(rows) == limit:
+        params = {**(extra_query or {}), "sort_key": sort_key, "sort_dir": sort_dir, "limit": limit,
+                  "marker": getattr(rows[-1], marker_column)}
+        next_url = f"{call.base_url}/v1/{path}?{urlencode(params)}"
+    return rows, next_url
+
+
+def _after(column, ident, value, marker_id, sort_dir):
+    if sort_dir == "asc":
+        if value is None:
+            return sa.and_(column.is_(None), ident > marker_id)
+        return sa.or_(column > value, sa.and_(column == value, ident > marker_id), column.is_(None))
+    if value is None:
+        return sa.or_(sa.and_(column.is_(None), ident < marker_id), column.is_not(None))
+    return sa.or_(column < value, sa.and_(column == value, ident < marker_id))
+
+
+def listing(key: str, items: list, next_url: str | None) -> dict:
+    body = {key: items}
+    if next_url:
+        body["next"] = next_url
+    return body

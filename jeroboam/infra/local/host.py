@@ -1,0 +1,189 @@
+"""Host-level primitives of the local provider: commands, processes, cgroups, bounded waits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Iterable, TypeVar
+
+T = TypeVar("T")
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+NETNS_DIR = Path("/run/netns")
+SYS_NET = Path("/sys/class/net")
+
+
+class InfraError(RuntimeError):
+    """A provider step failed; ``step`` names it (it ends up in a cluster's status_reason)."""
+
+    def __init__(self, step: str, detail: str):
+        self.step = step
+        self.detail = detail
+        super().__init__(f"{step}: {detail}")
+
+
+class InfraTimeout(InfraError):
+    """A bounded wait ran out."""
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, step: str,
+               interval: float = 0.05, detail: Callable[[], str] | None = None) -> T:
+    """Poll ``predicate`` until it returns something truthy; raise InfraTimeout naming ``step``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            extra = f" ({detail()})" if detail else ""
+            raise InfraTimeout(step, f"not done after {timeout:g} s{extra}")
+        time.sleep(interval)
+
+
+def run(argv: list[str], step: str, input: str | None = None, timeout: float = 30) -> str:
+    try:
+        proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise InfraTimeout(step, f"{argv[0]} did not finish in {timeout:g} s") from None
+    except FileNotFoundError:
+        raise InfraError(step, f"{argv[0]} not found; run scripts/host-prereqs.sh") from None
+    if proc.returncode != 0:
+        raise InfraError(step, f"{' '.join(argv)}: {proc.stderr.strip() or proc.returncode}")
+    return proc.stdout
+
+
+def ip_batch(commands: Iterable[str], step: str, netns: str | None = None) -> None:
+    """Run several iproute2 commands with one fork (the node start path is latency bound)."""
+    argv = ["ip"] + (["-n", netns] if netns else []) + ["-batch", "-"]
+    run(argv, step, input="\n".join(commands) + "\n")
+
+
+def link_exists(name: str) -> bool:
+    return (SYS_NET / name).exists()
+
+
+def links() -> list[str]:
+    return sorted(os.listdir(SYS_NET))
+
+
+def netns_names() -> list[str]:
+    try:
+        return sorted(os.listdir(NETNS_DIR))
+    except FileNotFoundError:
+        return []
+
+
+# --- processes -------------------------------------------------------------------------
+
+def proc_state(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def is_live(pid: int) -> bool:
+    # PID 1 of some hosts reaps orphans only every minute or so, so a dead process lingers as
+    # a zombie and `kill -0` succeeds on it: read the state instead.
+    return proc_state(pid) not in (None, "Z", "X")
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return raw.decode(errors="replace").split("\0")[:-1]
+
+
+def netns_id(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+
+
+def netns_id_of(name: str) -> str | None:
+    """The ``net:[inode]`` id of a named netns, comparable with :func:`netns_id`."""
+    try:
+        return f"net:[{os.stat(NETNS_DIR / name).st_ino}]"
+    except FileNotFoundError:
+        return None
+
+
+def cgroup_paths(pid: int) -> list[str]:
+    try:
+        text = Path(f"/proc/{pid}/cgroup").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return [line.split(":", 2)[2] for line in text.splitlines() if line.count(":") >= 2]
+
+
+def live_pids() -> list[int]:
+    own = os.getpid()
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != own and is_live(int(p))]
+
+
+def kill(pids: Iterable[int], sig: int = signal.SIGKILL) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+# --- cgroups ---------------------------------------------------------------------------
+
+def cgroup_dirs(name: str) -> list[Path]:
+    """Every hierarchy's directory for cgroup ``/name`` (v1 controllers, named ones, v2)."""
+    found = [CGROUP_ROOT / name] if (CGROUP_ROOT / name / "cgroup.procs").exists() else []
+    for hierarchy in CGROUP_ROOT.iterdir():
+        if (hierarchy / name).is_dir():
+            found.append(hierarchy / name)
+    return found
+
+
+def cgroup_names(pattern) -> list[str]:
+    """Top-level cgroup names (any hierarchy) matching a compiled regex."""
+    names = {p.name for p in CGROUP_ROOT.iterdir() if pattern.fullmatch(p.name)}
+    for hierarchy in CGROUP_ROOT.iterdir():
+        if hierarchy.is_dir() and not hierarchy.is_symlink():
+            try:
+                names.update(n for n in os.listdir(hierarchy) if pattern.fullmatch(n))
+            except (NotADirectoryError, PermissionError):
+                continue
+    return sorted(names)
+
+
+def remove_cgroup(name: str) -> bool:
+    """rmdir ``/name`` bottom-up in every hierarchy; False while some process is still inside."""
+    done = True
+    for top in cgroup_dirs(name):
+        for sub in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            done &= _rmdir(sub)
+        done &= _rmdir(top)
+    return done
+
+
+def _rmdir(path: Path) -> bool:
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError:  # EBUSY: a process (or child cgroup) is still there
+        return False
+    return True
+
+
+# --- mounts ----------------------------------------------------------------------------
+
+def mount_points() -> list[str]:
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        # field 5 is the mount point, with spaces etc. octal-escaped
+        points.append(line.split()[4].encode().decode("unicode_escape"))
+    return points

@@ -1,0 +1,647 @@
+"""The ``local`` infrastructure provider.
+
+A *network* is a Linux bridge on the host with its own /24 (the host holds ``.1``). A *node* is
+a network namespace joined to that bridge by a veth with a fixed MAC, plus private mount and UTS
+namespaces running a dockerd of its own (own data-root, exec-root, /etc/docker,
+/run/containerd and cgroup parent) that serves TLS on ``IP:2376`` and a unix socket for us.
+
+Names are derived from the caller's ids, so a create retried after a crash finds what the first
+attempt made. Every create/delete comes as a quick call plus a ``check_*`` poll, the shape the
+orchestration engine's resources need; ``start_nodes``/``destroy_node`` wrap them with waits.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import docker
+
+from jeroboam.pki import KeyPair, issue_server_cert
+
+from . import host
+from .clients import ping, socket_client
+from .host import InfraError, wait_until
+from .images import BASE_IMAGE, ImageTarball, build_busybox_tar, ensure_images
+
+DEFAULT_STATE_DIR = "/var/lib/jeroboam/local"
+# Candidates for the networks' /24s; a /24 overlapping any host route is skipped.
+DEFAULT_ADDRESS_POOLS = ("10.251.0.0/16", "172.30.0.0/16", "192.168.240.0/20")
+TLS_PORT = 2376
+FIRST_NODE_HOST = 10  # node addresses start at .10 of their /24
+REQUIRED_COMMANDS = ("dockerd", "containerd", "runc", "nsenter", "unshare", "ip", "iptables",
+                     "mount", "umount", "hostname", "busybox")
+DOCKERD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MAX_UNIX_PATH = 107
+
+# Runs inside the node's fresh mount and UTS namespaces, already in its netns; execs dockerd.
+NODE_INIT = r"""
+set -e
+dir=$1 host=$2
+shift 2
+# A sysfs of this netns (libnetwork reads /sys/class/net), with the host's cgroup hierarchies
+# moved back on top: `ip netns exec` would drop them and dockerd needs the v1 devices cgroup.
+mount --rbind /sys/fs/cgroup "$dir/cgroup"
+mount -t sysfs sysfs /sys
+mount --move "$dir/cgroup" /sys/fs/cgroup
+# Our copies of the other nodes' /run/netns mounts would keep their netns alive after deletion.
+umount -l /run/netns 2>/dev/null || :
+# Own key.json, hence own engine ID.
+mount --bind "$dir/etc-docker" /etc/docker
+# dockerd would use (and share) a system containerd whose socket it finds here, and shims of
+# all nodes would put their sockets in one directory.
+mount -t tmpfs -o mode=0711,size=16m tmpfs /run/containerd
+hostname "$host"
+exec "$@"
+"""
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    network_id: str
+    name: str  # the bridge's name; the resource's physical id
+    subnet: str
+    gateway: str
+    mac: str
+
+    @property
+    def prefixlen(self) -> int:
+        return ipaddress.ip_network(self.subnet).prefixlen
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    node_id: str
+    network_id: str
+    hostname: str | None = None  # defaults to the node's name
+    images: tuple[ImageTarball, ...] = ()  # besides the base image
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    node_id: str
+    name: str  # netns name and cgroup parent; the resource's physical id
+    network_id: str
+    hostname: str
+    address: str
+    mac: str
+    state_dir: str
+    images: tuple[ImageTarball, ...] = field(default=())
+
+    @property
+    def socket_path(self) -> str:
+        return f"{self.state_dir}/docker.sock"
+
+    @property
+    def api_address(self) -> str:
+        return f"tcp://{self.address}:{TLS_PORT}"
+
+    def client(self, timeout: float = 30) -> docker.DockerClient:
+        """An SDK client on the node's unix socket (close it after use)."""
+        return socket_client(self.socket_path, timeout)
+
+    def attributes(self) -> dict:
+        return {"name": self.name, "hostname": self.hostname, "address": self.address,
+                "api_address": self.api_address, "mac": self.mac, "socket": self.socket_path}
+
+
+def _digest(kind: str, ident: str) -> str:
+    return hashlib.sha256(f"{kind}:{ident}".encode()).hexdigest()
+
+
+def _mac(digest: str) -> str:
+    # locally administered unicast; fixed so a re-created node keeps it and peers' ARP caches
+    # stay right (a new MAC behind an old IP stalled joins for 10-30 s)
+    return "02:" + ":".join(digest[i:i + 2] for i in range(10, 20, 2))
+
+
+class LocalProvider:
+    def __init__(self, state_dir: str = DEFAULT_STATE_DIR, *, prefix: str = "jb",
+                 address_pools: tuple[str, ...] | None = None, storage_driver: str = "vfs",
+                 iptables: bool = True, docker_bridge: bool = False, log_level: str = "warn"):
+        if not re.fullmatch(r"[a-z][a-z0-9]{1,3}", prefix):
+            raise ValueError("prefix must be 2-4 lowercase letters or digits (link names <= 15)")
+        self.state_dir = Path(state_dir).resolve()
+        self.prefix = prefix
+        longest = f"{self.state_dir}/nodes/{prefix}-{'0' * 10}/exec/containerd/containerd.sock"
+        if len(longest) > MAX_UNIX_PATH:
+            raise ValueError(f"state_dir too long for unix socket paths: {longest}")
+        self.address_pools = tuple(ipaddress.ip_network(p) for p in
+                                   (address_pools or DEFAULT_ADDRESS_POOLS))
+        self.storage_driver = storage_driver
+        self.iptables = iptables
+        self.docker_bridge = docker_bridge
+        self.log_level = log_level
+        self.base_image = ImageTarball(str(self.state_dir / "images" / "busybox.tar"), BASE_IMAGE)
+        self._node_re = re.compile(rf"{prefix}-([0-9a-f]{{10}})")
+        self._veth_re = re.compile(rf"{prefix}v([0-9a-f]{{10}})")
+        self._bridge_re = re.compile(rf"{prefix}b[0-9a-f]{{10}}")
+        self._daemon_marker = re.compile(re.escape(f"{self.state_dir}/nodes/") + r"([^/]+)/")
+        self._children: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+        self._node_locks: dict[str, threading.Lock] = {}
+        self._set_up = False
+
+    # --- set-up ------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Check the host's tools, make the state dirs, build the base image (cached)."""
+        if self._set_up:
+            return
+        missing = [c for c in REQUIRED_COMMANDS if shutil.which(c, path=DOCKERD_PATH) is None]
+        if missing:
+            raise InfraError("check host", f"missing {', '.join(missing)}; "
+                             "run scripts/host-prereqs.sh as root")
+        for sub in ("nodes", "networks", "images"):
+            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        # mount points every node covers with its own
+        for path in ("/run/containerd", "/etc/docker"):
+            os.makedirs(path, exist_ok=True)
+        build_busybox_tar(Path(self.base_image.path))
+        self._set_up = True
+
+    @contextmanager
+    def _locked(self):
+        """Serialises address allocation across threads and processes."""
+        with open(self.state_dir / "lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    def _node_lock(self, name: str) -> threading.Lock:
+        with self._lock:
+            return self._node_locks.setdefault(name, threading.Lock())
+
+    # --- names -------------------------------------------------------------------------
+
+    def network_name(self, network_id: str) -> str:
+        return f"{self.prefix}b{_digest('network', network_id)[:10]}"
+
+    def node_name(self, node_id: str) -> str:
+        return f"{self.prefix}-{_digest('node', node_id)[:10]}"
+
+    def _veth(self, node_name: str) -> str:
+        return f"{self.prefix}v{node_name[len(self.prefix) + 1:]}"
+
+    def _node_dir(self, name: str) -> Path:
+        return self.state_dir / "nodes" / name
+
+    # --- networks ----------------------------------------------------------------------
+
+    def create_network(self, network_id: str, subnet: str | None = None) -> NetworkInfo:
+        """Create (or find) the bridge of ``network_id``; returns at once, nothing to wait for."""
+        self.setup()
+        name = self.network_name(network_id)
+        with self._locked():
+            info = self._load_network(name)
+            if info is None:
+                net = self._check_subnet(ipaddress.ip_network(subnet)) if subnet \
+                    else self._free_subnet()
+                info = NetworkInfo(network_id, name, str(net), str(net[1]),
+                                   _mac(_digest("network", network_id)))
+                _write_json(self.state_dir / "networks" / f"{name}.json", asdict(info))
+            self._ensure_bridge(info)
+        return info
+
+    def get_network(self, network_id: str) -> NetworkInfo | None:
+        return self._load_network(self.network_name(network_id))
+
+    def delete_network(self, network_id: str) -> None:
+        """Delete the bridge; refused while nodes are still attached."""
+        name = self.network_name(network_id)
+        with self._locked():
+            attached = [n.name for n in self._nodes() if n.network_id == network_id]
+            if attached:
+                raise InfraError("delete network", f"{name} still has nodes {attached}")
+            self._remove_network(name)
+
+    def network_deleted(self, network_id: str) -> bool:
+        name = self.network_name(network_id)
+        return not host.link_exists(name) and self._load_network(name) is None
+
+    def _remove_network(self, name: str) -> None:
+        if host.link_exists(name):
+            host.run(["ip", "link", "del", name], "delete bridge")
+        (self.state_dir / "networks" / f"{name}.json").unlink(missing_ok=True)
+
+    def _load_network(self, name: str) -> NetworkInfo | None:
+        data = _read_json(self.state_dir / "networks" / f"{name}.json")
+        return NetworkInfo(**data) if data else None
+
+    def _networks(self) -> list[NetworkInfo]:
+        return [NetworkInfo(**d) for p in sorted((self.state_dir / "networks").glob("*.json"))
+                if (d := _read_json(p))]
+
+    def _taken_subnets(self) -> list:
+        nets = [ipaddress.ip_network(n.subnet) for n in self._networks()]
+        for route in json.loads(host.run(["ip", "-4", "-j", "route", "show", "table", "all"],
+                                         "read host routes") or "[]"):
+            if route.get("dst", "default") != "default":
+                nets.append(ipaddress.ip_network(route["dst"], strict=False))
+        return nets
+
+    def _check_subnet(self, net):
+        clash = [str(t) for t in self._taken_subnets() if net.overlaps(t)]
+        if clash:
+            raise InfraError("allocate network", f"{net} overlaps host routes or networks {clash}")
+        return net
+
+    def _free_subnet(self):
+        taken = self._taken_subnets()
+        for pool in self.address_pools:
+            for net in pool.subnets(new_prefix=max(pool.prefixlen, 24)):
+                if not any(net.overlaps(t) for t in taken):
+                    return net
+        raise InfraError("allocate network", "every /24 of the address pools "
+                         f"{[str(p) for p in self.address_pools]} overlaps a host route or network")
+
+    def _ensure_bridge(self, info: NetworkInfo) -> None:
+        cmds = [] if host.link_exists(info.name) else \
+            [f"link add {info.name} address {info.mac} type bridge"]
+        host.ip_batch(cmds + [f"addr replace {info.gateway}/{info.prefixlen} dev {info.name}",
+                              f"link set {info.name} up"], "create bridge")
+
+    # --- nodes: create -----------------------------------------------------------------
+
+    def create_node(self, spec: NodeSpec, ca: KeyPair) -> NodeInfo:
+        """Start the node (address, certificate, netns, dockerd) and return without waiting.
+
+        ``ca`` is the cluster CA; the node gets a server certificate for its address from it.
+        Poll :meth:`check_node_create` until it returns True.
+        """
+        self.setup()
+        name = self.node_name(spec.node_id)
+        with self._locked():
+            info = self._load_node(name) or self._allocate_node(spec, name, ca)
+        self._start(info)
+        return info
+
+    def start_nodes(self, specs: list[NodeSpec], ca: KeyPair, timeout: float = 60) -> list[NodeInfo]:
+        """Create several nodes and wait until all of them answer with their images in."""
+        infos = [self.create_node(spec, ca) for spec in specs]
+        self.wait_nodes([i.name for i in infos], timeout)
+        return infos
+
+    def check_node_create(self, name: str) -> bool:
+        """True once the node's dockerd answers and holds its images; raises if it died."""
+        info = self.get_node(name)
+        if info is None:
+            raise InfraError("start dockerd", f"{name}: no such node")
+        if ping(info.socket_path):
+            with closing(info.client()) as client:
+                try:
+                    ensure_images(client, [self.base_image, *info.images])
+                except docker.errors.APIError as exc:
+                    raise InfraError("import images", f"{name}: {exc}") from None
+            return True
+        if self._dockerd_pid(info) is None:
+            raise InfraError("start dockerd", f"{name}: dockerd exited: {self._log_tail(info)}")
+        return False
+
+    def wait_nodes(self, names: list[str], timeout: float = 60) -> None:
+        def wait(name: str) -> None:
+            wait_until(lambda: self.check_node_create(name), timeout, f"start node {name}",
+                       interval=0.02)
+        if names:
+            with ThreadPoolExecutor(max_workers=len(names)) as pool:
+                for future in [pool.submit(wait, n) for n in names]:
+                    future.result()
+
+    def get_node(self, name: str) -> NodeInfo | None:
+        return self._load_node(name)
+
+    def nodes(self) -> list[NodeInfo]:
+        return self._nodes()
+
+    def node_running(self, name: str) -> bool:
+        info = self._load_node(name)
+        return info is not None and self._dockerd_pid(info) is not None
+
+    def _load_node(self, name: str) -> NodeInfo | None:
+        data = _read_json(self._node_dir(name) / "node.json")
+        if not data:
+            return None
+        data["images"] = tuple(ImageTarball(**i) for i in data["images"])
+        return NodeInfo(name=name, state_dir=str(self._node_dir(name)), **data)
+
+    def _nodes(self) -> list[NodeInfo]:
+        return [n for p in sorted((self.state_dir / "nodes").iterdir())
+                if (n := self._load_node(p.name))]
+
+    def _allocate_node(self, spec: NodeSpec, name: str, ca: KeyPair) -> NodeInfo:
+        net = self.get_network(spec.network_id)
+        if net is None:
+            raise InfraError("create node", f"network {spec.network_id} does not exist")
+        hostname = spec.hostname or name
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}", hostname):
+            raise InfraError("create node", f"invalid hostname {hostname!r}")
+        used = {n.address for n in self._nodes() if n.network_id == spec.network_id}
+        subnet = ipaddress.ip_network(net.subnet)
+        free = (str(a) for i, a in enumerate(subnet.hosts(), 1)
+                if i >= FIRST_NODE_HOST and str(a) not in used)
+        address = next(free, None)
+        if address is None:
+            raise InfraError("create node", f"no free address left in {net.subnet}")
+        d = self._node_dir(name)
+        info = NodeInfo(spec.node_id, name, spec.network_id, hostname, address,
+                        _mac(_digest("node", spec.node_id)), str(d), tuple(spec.images))
+        for sub in ("data", "exec", "etc-docker", "cgroup", "tls"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        (d / "daemon.json").write_text("{}\n")  # keeps dockerd off /etc/docker/daemon.json
+        self._write_tls(info, ca)
+        record = asdict(info)
+        del record["name"], record["state_dir"]
+        _write_json(d / "node.json", record)  # last: its presence means "allocated"
+        return info
+
+    def _write_tls(self, info: NodeInfo, ca: KeyPair) -> None:
+        server = issue_server_cert(ca, info.hostname, ip_addresses=[info.address],
+                                   dns_names=sorted({info.hostname, info.name}))
+        tls = Path(info.state_dir) / "tls"
+        for fname, text in (("ca.pem", ca.cert_pem), ("server-cert.pem", server.cert_pem),
+                            ("server-key.pem", server.key_pem)):
+            _write_private(tls / fname, text)
+
+    def _start(self, info: NodeInfo) -> None:
+        with self._node_lock(info.name):
+            self._ensure_netns(info)
+            if self._dockerd_pid(info) is not None:
+                return
+            # a crashed dockerd leaves containerd shims and containers behind; a new dockerd
+            # (with a new /run/containerd) cannot take them over, so a restart is a reboot
+            self._kill_processes(info.name)
+            d = Path(info.state_dir)
+            # containerd.pid naming a zombie makes dockerd wait for a containerd that never comes
+            for stale in ("docker.sock", "docker.pid", "exec/containerd/containerd.pid",
+                          "exec/containerd/containerd.sock"):
+                (d / stale).unlink(missing_ok=True)
+            argv = ["nsenter", f"--net={host.NETNS_DIR / info.name}",
+                    "unshare", "--mount", "--uts", "--propagation", "private", "--",
+                    "sh", "-c", NODE_INIT, "node-init", str(d), info.hostname,
+                    *self._dockerd_argv(info)]
+            # swarm tasks would otherwise look for their image in a registry first
+            env = {"PATH": DOCKERD_PATH, "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"}
+            with open(d / "dockerd.log", "ab") as log:
+                self._children[info.name] = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    env=env, start_new_session=True)
+
+    def _dockerd_argv(self, info: NodeInfo) -> list[str]:
+        d, tls = info.state_dir, f"{info.state_dir}/tls"
+        return [
+            "dockerd", "--config-file", f"{d}/daemon.json",
+            "--data-root", f"{d}/data", "--exec-root", f"{d}/exec", "--pidfile", f"{d}/docker.pid",
+            "-H", f"unix://{info.socket_path}", "-H", f"tcp://{info.address}:{TLS_PORT}",
+            "--tlsverify", "--tlscacert", f"{tls}/ca.pem",
+            "--tlscert", f"{tls}/server-cert.pem", "--tlskey", f"{tls}/server-key.pem",
+            "--storage-driver", self.storage_driver,
+            f"--iptables={str(self.iptables).lower()}",
+            *([] if self.docker_bridge else ["--bridge=none"]),
+            "--cgroup-parent", f"/{info.name}",
+            "--swarm-default-advertise-addr", info.address,
+            "--log-level", self.log_level,
+            "--shutdown-timeout", "3",  # busybox sleep ignores SIGTERM: don't wait 15 s for it
+        ]
+
+    def _ensure_netns(self, info: NodeInfo) -> None:
+        net = self.get_network(info.network_id)
+        if net is None:
+            raise InfraError("create node", f"network {info.network_id} does not exist")
+        veth = self._veth(info.name)
+        cmds = []
+        if not (host.NETNS_DIR / info.name).exists():
+            cmds.append(f"netns add {info.name}")
+        if not host.link_exists(veth):
+            cmds.append(f"link add {veth} type veth peer name eth0 address {info.mac} "
+                        f"netns {info.name}")
+        if _master(veth) != net.name:
+            cmds.append(f"link set {veth} master {net.name} up")
+        if cmds:
+            # concurrent first `ip netns add`s each turn /run/netns into a mount point, stacked
+            with self._lock:
+                host.ip_batch(cmds, f"create netns of {info.name}")
+        host.ip_batch([f"addr replace {info.address}/{net.prefixlen} dev eth0",
+                       "link set eth0 up", "link set lo up"],
+                      f"configure netns of {info.name}", netns=info.name)
+
+    def _dockerd_pid(self, info: NodeInfo) -> int | None:
+        child = self._children.get(info.name)
+        if child is not None:
+            if child.poll() is None:
+                return child.pid
+            del self._children[info.name]
+        # started by an earlier process of ours: trust the pid file only if the command matches
+        try:
+            pid = int((Path(info.state_dir) / "docker.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        if host.is_live(pid) and f"{info.state_dir}/data" in host.cmdline(pid):
+            return pid
+        return None
+
+    def _log_tail(self, info: NodeInfo, lines: int = 3) -> str:
+        try:
+            text = (Path(info.state_dir) / "dockerd.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return "no log"
+        return " | ".join(text.strip().splitlines()[-lines:])
+
+    # --- nodes: stop, restart, delete ---------------------------------------------------
+
+    def stop_node(self, name: str, timeout: float = 20) -> None:
+        """Stop dockerd gracefully (SIGKILL after ``timeout``) and what it left; keep the state."""
+        info = self.get_node(name)
+        if info is None:
+            return
+        with self._node_lock(name):
+            pid = self._dockerd_pid(info)
+            if pid is not None:
+                host.kill([pid], signal.SIGTERM)
+                try:
+                    wait_until(lambda: self._dockerd_pid(info) is None, timeout,
+                               f"stop dockerd of {name}", interval=0.1)
+                except host.InfraTimeout:
+                    host.kill([pid])
+            self._kill_processes(name)
+
+    def restart_node(self, name: str, ca: KeyPair | None = None) -> None:
+        """Restart the node's dockerd on its data (swarm membership survives); with ``ca``,
+        re-issue its server certificate first (CA rotation). Poll check_node_create after."""
+        info = self.get_node(name)
+        if info is None:
+            raise InfraError("restart node", f"{name}: no such node")
+        self.stop_node(name)
+        if ca is not None:
+            self._write_tls(info, ca)
+        self._start(info)
+
+    def delete_node(self, name: str) -> None:
+        """Begin deleting a node: kill its processes, remove its veth and netns. Idempotent;
+        poll :meth:`check_node_delete` until True."""
+        with self._node_lock(name):
+            # SIGKILL: the node's data is discarded, a graceful dockerd stop only costs seconds
+            self._kill_processes(name, wait=False)
+            veth = self._veth(name)
+            if host.link_exists(veth):
+                host.run(["ip", "link", "del", veth], f"delete veth of {name}")
+            if (host.NETNS_DIR / name).exists():
+                host.run(["ip", "netns", "del", name], f"delete netns of {name}")
+
+    def check_node_delete(self, name: str) -> bool:
+        """Finish deleting: once no process is left, remove cgroups and the state directory."""
+        return self._finish_delete(name, self._processes(name))
+
+    def destroy_nodes(self, names: list[str], timeout: float = 30) -> None:
+        """Delete nodes and wait until nothing of them is left."""
+        for name in names:
+            self.delete_node(name)
+
+        def done() -> bool:
+            procs = self._processes_by_node(set(names))
+            return all([self._finish_delete(n, [p for p, owner in procs.items() if owner == n])
+                        for n in names])
+        wait_until(done, timeout, "delete nodes",
+                   detail=lambda: f"left: {self._processes_by_node(set(names))}")
+
+    def _finish_delete(self, name: str, pids: list[int]) -> bool:
+        with self._node_lock(name):
+            child = self._children.get(name)
+            if child is not None and child.poll() is not None:
+                del self._children[name]  # reaped
+            if pids:
+                host.kill(pids)
+                return False
+            if not host.remove_cgroup(name):
+                return False
+            shutil.rmtree(self._node_dir(name), ignore_errors=True)
+            return not self._node_dir(name).exists()
+
+    def _processes_by_node(self, names: set[str] | None = None) -> dict[int, str]:
+        """Live processes of our nodes -> node name: dockerd and containerd (by their paths in
+        our state dir), whatever runs in a node's netns (shims, docker-proxy), and containers
+        (by cgroup parent: they have netns of their own and outlive a killed dockerd)."""
+        netns = {host.netns_id_of(n): n for n in host.netns_names() if self._node_re.fullmatch(n)}
+        found = {}
+        for pid in host.live_pids():
+            name = netns.get(host.netns_id(pid))
+            if name is None:
+                for path in host.cgroup_paths(pid):
+                    top = path.split("/")[1] if path.startswith("/") and path != "/" else ""
+                    if self._node_re.fullmatch(top):
+                        name = top
+                        break
+            if name is None:
+                argv = host.cmdline(pid)
+                if argv and os.path.basename(argv[0]).startswith(("dockerd", "containerd")):
+                    m = self._daemon_marker.search(" ".join(argv))
+                    name = m.group(1) if m else None
+            if name is not None and (names is None or name in names):
+                found[pid] = name
+        return found
+
+    def _processes(self, name: str) -> list[int]:
+        return list(self._processes_by_node({name}))
+
+    def _kill_processes(self, name: str, wait: bool = True) -> None:
+        host.kill(self._processes(name))
+        if wait:
+            wait_until(lambda: not self._kill_again(name), 10, f"kill processes of {name}")
+
+    def _kill_again(self, name: str) -> list[int]:
+        pids = self._processes(name)
+        host.kill(pids)
+        return pids
+
+    # --- restart safety ----------------------------------------------------------------
+
+    def adopt(self, network_ids: list[str], node_ids: list[str]) -> dict[str, NodeInfo | None]:
+        """Find the given networks and nodes on the host (after a restart of ours or of the
+        host), re-create missing bridges/netns and start dockerds that are down. Returns node
+        id -> NodeInfo (None: nothing known); wait for them with :meth:`wait_nodes`."""
+        self.setup()
+        for network_id in network_ids:
+            net = self.get_network(network_id)
+            if net is not None:
+                self._ensure_bridge(net)
+        found = {}
+        for node_id in node_ids:
+            info = self._load_node(self.node_name(node_id))
+            if info is not None and self.get_network(info.network_id) is not None:
+                self._start(info)
+            found[node_id] = info
+        return found
+
+    def remove_leftovers(self, node_ids: list[str], network_ids: list[str],
+                         timeout: float = 60) -> list[str]:
+        """Remove every node and network of ours not in the lists (state, netns, veths,
+        cgroups, processes, bridges). Returns the names removed."""
+        keep = {self.node_name(i) for i in node_ids}
+        nodes = {p.name for p in (self.state_dir / "nodes").glob("*")}
+        nodes |= {n for n in host.netns_names() if self._node_re.fullmatch(n)}
+        nodes |= {f"{self.prefix}-{m.group(1)}" for link in host.links()
+                  if (m := self._veth_re.fullmatch(link))}
+        nodes |= set(host.cgroup_names(self._node_re))
+        nodes |= set(self._processes_by_node().values())
+        stale = sorted(nodes - keep)
+        self.destroy_nodes(stale, timeout)
+        keep_nets = {self.network_name(i) for i in network_ids}
+        nets = {p.stem for p in (self.state_dir / "networks").glob("*.json")}
+        nets |= {link for link in host.links() if self._bridge_re.fullmatch(link)}
+        stale_nets = sorted(nets - keep_nets)
+        with self._locked():
+            for name in stale_nets:
+                self._remove_network(name)
+        return stale + stale_nets
+
+    def inventory(self) -> dict[str, list[str]]:
+        """What this provider has on the host, for leak checks (compare before and after)."""
+        netns_mounts = f"{host.NETNS_DIR}/{self.prefix}-"
+        return {
+            "netns": [n for n in host.netns_names() if self._node_re.fullmatch(n)],
+            "links": [link for link in host.links()
+                      if self._veth_re.fullmatch(link) or self._bridge_re.fullmatch(link)],
+            "processes": sorted(f"{pid} {name} {' '.join(host.cmdline(pid))[:80]}"
+                                for pid, name in self._processes_by_node().items()),
+            "mounts": sorted(m for m in host.mount_points()
+                             if m.startswith(f"{self.state_dir}/") or m.startswith(netns_mounts)),
+            "cgroups": host.cgroup_names(self._node_re),
+            "state": sorted(f"{sub}/{p.name}" for sub in ("nodes", "networks")
+                            for p in (self.state_dir / sub).glob("*")),
+        }
+
+
+def _master(link: str) -> str | None:
+    try:
+        return os.path.basename(os.readlink(host.SYS_NET / link / "master"))
+    except OSError:
+        return None
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w") as f:
+        f.write(text)

@@ -1,0 +1,120 @@
+"""A worker process: runner threads that claim and run tasks, and a heartbeat that keeps
+their leases (and the worker's `mservices` record) alive."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import traceback
+
+import sqlalchemy as sa
+
+from jeroboam.db.base import is_postgres, utcnow
+from jeroboam.db.models import Service, Task
+from jeroboam.tasks import queue, registry
+from jeroboam.tasks.context import LeaseLost, StepFailed, TaskCancelled, TaskContext
+
+LOG = logging.getLogger("jeroboam.worker")
+BINARY = "jeroboam-worker"
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Worker:
+    def __init__(self, engine, session_factory, settings, name: str | None = None):
+        self.engine = engine
+        self.settings = settings
+        self.session_factory = session_factory
+        self.name = name or default_worker_name()
+        self.threads = int(settings.get("worker", "threads"))
+        self.lease = float(settings.get("worker", "lease_seconds"))
+        self.poll = float(settings.get("worker", "poll_interval"))
+        self.postgres = is_postgres(engine)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        self._register()
+        self._spawn(self._heartbeat_loop, "heartbeat")
+        for i in range(self.threads):
+            self._spawn(self._run_loop, f"runner-{i}")
+        LOG.info("worker %s started with %d runner threads", self.name, self.threads)
+
+    def stop(self, timeout: float = 10) -> None:
+        self._stop.set()
+        queue.work_available.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _spawn(self, target, label: str) -> None:
+        thread = threading.Thread(target=target, name=f"{self.name}-{label}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _register(self) -> None:
+        with self.session_factory() as session, session.begin():
+            service = session.scalars(
+                sa.select(Service).where(Service.host == self.name, Service.binary == BINARY)).first()
+            if service is None:
+                session.add(Service(host=self.name, binary=BINARY, report_count=1, last_seen_at=utcnow()))
+            else:
+                service.last_seen_at = utcnow()
+
+    # -- loops ------------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        interval = self.lease / 3
+        while not self._stop.wait(interval):
+            try:
+                queue.heartbeat(self.session_factory, self.name, self.lease)
+                with self.session_factory() as session, session.begin():
+                    session.execute(
+                        sa.update(Service)
+                        .where(Service.host == self.name, Service.binary == BINARY)
+                        .values(report_count=Service.report_count + 1, last_seen_at=utcnow()))
+            except Exception:  # the database may be briefly away; the next beat retries
+                LOG.exception("heartbeat failed")
+
+    def _run_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                task = queue.claim(self.session_factory, self.name, self.lease, self.postgres)
+            except Exception:
+                LOG.exception("claim failed")
+                task = None
+            if task is None:
+                queue.work_available.wait(self.poll)
+                queue.work_available.clear()
+                continue
+            self.run(task)
+
+    # -- running one task ---------------------------------------------------------------
+    def run(self, task: Task) -> None:
+        LOG.info("task %s %s on %s: attempt %d", task.uuid, task.action, task.resource_uuid, task.attempts)
+        ctx = TaskContext(self.session_factory, task, self.name, self.settings)
+        try:
+            registry.get(task.action).handler(ctx)
+        except LeaseLost:
+            LOG.warning("task %s: lease lost, leaving it to its new owner", task.uuid)
+            return
+        except TaskCancelled as exc:
+            self._end(task.id, "cancel", str(exc))
+        except StepFailed as exc:
+            self._end(task.id, "fail", str(exc), {"step": exc.step, "type": type(exc.cause).__name__})
+        except Exception as exc:
+            LOG.exception("task %s failed", task.uuid)
+            self._end(task.id, "fail", f"{type(exc).__name__}: {exc}",
+                      {"type": type(exc).__name__, "traceback": traceback.format_exc(limit=5)})
+        else:
+            self._end(task.id, "succeed")
+
+    def _end(self, task_id: int, event: str, reason: str | None = None, detail: dict | None = None) -> None:
+        with self.session_factory() as session, session.begin():
+            task = session.get(Task, task_id, with_for_update=self.postgres)
+            if task.worker != self.name:
+                return
+            queue.finish(session, task, event, reason, detail)

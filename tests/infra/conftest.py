@@ -1,0 +1,47 @@
+"""Fixtures for the local provider's tests: real dockerds, as root, under a private prefix."""
+
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from jeroboam.infra.local import LocalProvider
+
+# Link, netns and cgroup names of these tests start with "jbt", apart from a running product's.
+PREFIX = "jbt"
+
+
+def _host_snapshot() -> dict[str, str]:
+    """Host state outside the provider's own names that it must never change."""
+    def out(*argv):
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return {"routes": out("ip", "-4", "route", "show", "table", "main"),
+            "iptables": out("iptables", "-S"), "nat": out("iptables", "-t", "nat", "-S")}
+
+
+@pytest.fixture(scope="session")
+def provider():
+    if os.geteuid() != 0:
+        pytest.skip("the local provider needs root (network namespaces, mounts, dockerd)")
+    # short: unix socket paths under it must stay below 108 bytes
+    state = tempfile.mkdtemp(prefix="jbt-", dir="/tmp")
+    p = LocalProvider(state, prefix=PREFIX)
+    try:
+        p.setup()
+        yield p
+    finally:
+        p.remove_leftovers([], [])
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def before(provider):
+    """The provider's inventory and the host's routes/firewall before any test made a node."""
+    return provider.inventory(), _host_snapshot()
+
+
+@pytest.fixture(scope="session")
+def host_snapshot():
+    return _host_snapshot

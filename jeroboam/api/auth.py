@@ -1,8 +1,8 @@
 """Who is calling: identity from noauth headers, or from a Keystone token.
 
 noauth takes X-Project-Id, X-User-Id and X-Roles as a trusted proxy (or a test)
-would set them, with configured defaults so that plain `curl` and
-`openstack --os-auth-type none` work. keystone validates X-Auth-Token against
+would set them; a caller sending none of them gets the configured defaults, so
+that plain `curl` and `openstack --os-auth-type none` work. keystone validates X-Auth-Token against
 Keystone's /v3/auth/tokens and keeps the answer for token_cache_seconds.
 """
 
@@ -40,10 +40,13 @@ class NoAuth:
         self.roles = settings.get("auth", "noauth_roles")
 
     def identify(self, headers) -> tuple[str, str, frozenset[str]]:
-        project = headers.get("x-project-id") or headers.get("x-tenant-id") or self.project
-        user = headers.get("x-user-id") or self.user
+        project = headers.get("x-project-id") or headers.get("x-tenant-id")
         roles = headers.get("x-roles")
-        return project, user, _split_roles(self.roles if roles is None else roles)
+        if project is None and roles is None:
+            # An anonymous caller (curl, `openstack --os-auth-type none`) is the local operator.
+            return self.project, headers.get("x-user-id") or self.user, _split_roles(self.roles)
+        # A caller that names its project speaks for itself: no roles sent means none held.
+        return project or self.project, headers.get("x-user-id") or self.user, _split_roles(roles or "")
 
 
 class KeystoneAuth:

@@ -209,7 +209,7 @@ def _coerce(schema: dict, value):
             return int(number) if kind == "integer" and number == int(number) else number
         if kind == "boolean" and not isinstance(value, bool):
             return to_bool(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         return value  # left for the schema to report
     if kind == "string" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)

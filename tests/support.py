@@ -1,0 +1,131 @@
+"""Starting real Jeroboam processes for tests, and talking to them over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGINS = Path(__file__).resolve().parent / "plugins"
+TEST_IMAGES = "jeroboam-node=debian,test-image=testos"
+JEROBOAM = [sys.executable, "-m", "jeroboam.cli.main"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_env(data_dir: Path, **settings: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(PLUGINS), str(ROOT), env.get("PYTHONPATH", "")])
+    env.update({
+        "JEROBOAM_SERVER_DATA_DIR": str(data_dir),
+        "JEROBOAM_IMAGES_CATALOG": TEST_IMAGES,
+        "JEROBOAM_WORKER_POLL_INTERVAL": "0.05",
+        "JEROBOAM_SERVER_LOG_LEVEL": "warning",
+    })
+    env.update({k.upper(): str(v) for k, v in settings.items()})
+    return env
+
+
+class Process:
+    """A jeroboam command run as a child; stopped by its PID only."""
+
+    def __init__(self, args: list[str], env: dict, log: Path):
+        self.log_path = log
+        self.log = open(log, "ab")
+        self.proc = subprocess.Popen(JEROBOAM + args, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     cwd=ROOT)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up (a crash)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def wait_http(url: str, proc: Process, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.proc.poll() is not None:
+            raise RuntimeError(f"process exited early:\n{proc.output()}")
+        try:
+            if httpx.get(url + "/healthcheck", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s:\n{proc.output()}")
+
+
+class Api:
+    """An httpx client with identity headers, a microversion and helpers for async actions."""
+
+    def __init__(self, url: str, project: str = "p-alice", user: str = "u-alice", roles: str = "member,reader",
+                 version: str | None = "latest"):
+        headers = {"X-Project-Id": project, "X-User-Id": user, "X-Roles": roles}
+        if version:
+            headers["OpenStack-API-Version"] = f"container-infra {version}"
+        self.url = url
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=30)
+
+    def __getattr__(self, name):
+        return getattr(self.http, name)
+
+    def wait_cluster(self, ident: str, statuses, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = self.http.get(f"/v1/clusters/{ident}")
+            if r.status_code == 404 and "GONE" in statuses:
+                return {"status": "GONE"}
+            body = r.json()
+            if r.status_code == 200 and body["status"] in statuses:
+                return body
+            time.sleep(0.05)
+        raise TimeoutError(f"cluster {ident} not in {statuses}: {body}")
+
+    def wait_task(self, task_uuid: str, states=("SUCCEEDED", "FAILED", "CANCELLED"), timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            task = self.http.get(f"/v1/tasks/{task_uuid}").json()["task"]
+            if task["state"] in states:
+                return task
+            time.sleep(0.05)
+        raise TimeoutError(f"task {task_uuid} not in {states}: {task}")
+
+    def template(self, **extra) -> dict:
+        body = {"name": extra.pop("name", "tpl"), "coe": "swarm-mode", "image_id": "test-image", **extra}
+        r = self.http.post("/v1/clustertemplates", json=body)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def cluster(self, template: str, **extra) -> tuple[str, str]:
+        """Create a cluster; returns (cluster uuid, task uuid)."""
+        r = self.http.post("/v1/clusters", json={"cluster_template_id": template, **extra})
+        assert r.status_code == 202, r.text
+        return r.json()["uuid"], r.headers["Location"].rsplit("/", 1)[1]

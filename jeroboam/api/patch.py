@@ -53,4 +53,5 @@ def _literal(text: str):
 
 
 def changed_fields(before: dict, after: dict) -> set[str]:
-    return {k for k in after if before.get(k) != after.get(k)} | {k for k in before if k not in after}
+    # An attribute absent from `after` reads as null (removed, or a null dropped by validation).
+    return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import collections
 import datetime
+import functools
 import heapq
 import itertools
 import queue
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -53,7 +55,6 @@ def _now() -> datetime.datetime:
 
 
 def _new_id() -> str:
-    import uuid
     return str(uuid.uuid4())
 
 
@@ -281,7 +282,7 @@ class _Run:
         self.seq = itertools.count()
         self.done_queue: queue.SimpleQueue = queue.SimpleQueue()
         self.pool: ThreadPoolExecutor | None = None
-        self.active = 0  # resource actions and composite nodes not yet finished
+        self.active = 0  # handler calls in flight plus resources waiting for a check
         self.open_groups: dict[str, tuple] = {}
         self.failure: str | None = None
         self.failed_at = 0.0
@@ -350,34 +351,41 @@ class _Run:
     def _converge(self, name: str, defn: ResourceDefinition, on_done) -> None:
         """Phase A for one resource: create, leave, update in place or replace."""
         rec = self.current[name]
-        cls = defn.plugin
         fresh = rec.action == INIT or (rec.action == CREATE and rec.status == IN_PROGRESS)
         try:
             props, metadata = self.bound.resolve(defn, self.view)
-            if fresh:
-                return self._start_create(rec, defn, props, metadata, on_done)
-            if rec.type != defn.type:
-                return self._replace(rec, defn, props, metadata, on_done)
-            if cls.composite:
-                return self._start_group(rec, defn, props, metadata, on_done)
-            if rec.status == FAILED or rec.action == DELETE:
-                return self._replace(rec, defn, props, metadata, on_done)
-            if cls.ignores_changes:
-                rec.properties, rec.metadata = props, metadata
-                self.dirty[rec.id] = rec
-                return on_done(True)
-            changed = {k for k in props.keys() | rec.properties.keys() if props.get(k) != rec.properties.get(k)}
-            resuming = rec.status == IN_PROGRESS
-            if not (changed or resuming or metadata != rec.metadata or _definition_changed(rec, defn)):
-                return on_done(True)
-            if changed and cls.needs_replacement(name, rec.properties, props, changed):
-                return self._replace(rec, defn, props, metadata, on_done)
-            return self._start_update(rec, defn, props, metadata, changed, on_done)
-        except Exception as exc:  # resolution or validation of this resource failed
+            start = self._plan(rec, defn, props, metadata, fresh)
+        except Exception as exc:  # resolving or validating this resource failed
             action = CREATE if fresh else self._update_action()
             self._set(rec, action, FAILED, _reason(name, exc))
             self._failed(action, rec.status_reason)
-            on_done(False)
+            return on_done(False)
+        if start is None:
+            return on_done(True)
+        start(on_done)
+
+    def _plan(self, rec, defn, props, metadata, fresh):
+        """What to do with one resource: a starter taking on_done, or None for nothing."""
+        cls = defn.plugin
+        if fresh:
+            return functools.partial(self._start_create, rec, defn, props, metadata)
+        if rec.type != defn.type:
+            return functools.partial(self._replace, rec, defn, props, metadata)
+        if cls.composite:
+            return functools.partial(self._start_group, rec, defn, props, metadata)
+        if rec.status == FAILED or rec.action == DELETE:
+            return functools.partial(self._replace, rec, defn, props, metadata)
+        if cls.ignores_changes:
+            rec.properties, rec.metadata = props, metadata
+            self.dirty[rec.id] = rec
+            return None
+        changed = {k for k in props.keys() | rec.properties.keys() if props.get(k) != rec.properties.get(k)}
+        resuming = rec.status == IN_PROGRESS
+        if not (changed or resuming or metadata != rec.metadata or _definition_changed(rec, defn)):
+            return None
+        if changed and cls.needs_replacement(rec.name, rec.properties, props, changed):
+            return functools.partial(self._replace, rec, defn, props, metadata)
+        return functools.partial(self._start_update, rec, defn, props, metadata, changed)
 
     def _update_action(self) -> str:
         return ROLLBACK if self.action == ROLLBACK else UPDATE
@@ -386,7 +394,8 @@ class _Run:
         cls = registry.get(rec.type)
         if cls is None:
             raise TemplateError(f"resources.{rec.name}.type", f'unknown resource type "{rec.type}"')
-        return cls(rec.name, rec.id, props, rec.data, rec.physical_id, self.info)
+        # A copy: a worker thread may change it while the scheduler saves the record.
+        return cls(rec.name, rec.id, props, dict(rec.data), rec.physical_id, self.info)
 
     def _adopt_definition(self, rec: ResourceRecord, defn: ResourceDefinition) -> None:
         rec.type = defn.type
@@ -462,32 +471,31 @@ class _Run:
         existing = {n: r for n, r in self.current.items() if _parent(n) == rec.name}
         ref_names = {self.view.reference_id(n): n[len(prefix):] for n in existing}
         members, data = cls.members(rec.name, props, rec.data, updating, ref_names)
-        member_defs = {}
-        for short, (mtype, mprops, mmeta) in members.items():
-            mcls = registry.get(mtype)
-            if mcls is None:
-                raise TemplateError(f"resources.{rec.name}.properties.resource_def.type",
-                                    f'unknown resource type "{mtype}"')
-            member_defs[prefix + short] = ResourceDefinition(
-                name=prefix + short, type=mtype, plugin=mcls, properties=mprops, metadata=mmeta,
+        # Member types were checked when the group's properties were validated.
+        member_defs = {
+            prefix + short: ResourceDefinition(
+                name=prefix + short, type=mtype, plugin=registry.get(mtype), properties=mprops, metadata=mmeta,
                 depends_on=[], requires=frozenset([rec.name]), resolved=True)
+            for short, (mtype, mprops, mmeta) in members.items()
+        }
         surplus = [r for n, r in existing.items() if n not in member_defs]
-        pending = [len(member_defs) + len(surplus)]
-        self.active += 1
+        # Open until every member is done; one still open when the run stops
+        # (after a failure elsewhere) is marked FAILED by finish().
         self.open_groups[rec.id] = (rec, action)
+        pending = [len(member_defs) + len(surplus)]
+        failed = [False]
 
         def member_done(ok):
             pending[0] -= 1
-            if pending[0] == 0 and rec.id in self.open_groups:
+            failed[0] = failed[0] or not ok
+            if pending[0] == 0:
                 del self.open_groups[rec.id]
-                self.active -= 1
-                if self.failure is None:
-                    rec.properties, rec.metadata, rec.data, rec.attributes = props, metadata, data, {}
-                    self._set(rec, action, COMPLETE, "state changed")
-                    on_done(True)
-                else:
+                if failed[0]:
                     self._set(rec, action, FAILED, self.failure)
-                    on_done(False)
+                    return on_done(False)
+                rec.properties, rec.metadata, rec.data, rec.attributes = props, metadata, data, {}
+                self._set(rec, action, COMPLETE, "state changed")
+                on_done(True)
 
         for full, mdefn in member_defs.items():
             if full not in self.current:
@@ -563,7 +571,7 @@ class _Run:
         rec, plugin = op.record, op.plugin
         if rec.physical_id != plugin.physical_id:
             rec.physical_id = plugin.physical_id
-        rec.data = plugin.data
+        rec.data = dict(plugin.data)
         self.dirty[rec.id] = rec
         if exc is not None:
             self._set(rec, op.action, FAILED, _reason(rec.name, exc))

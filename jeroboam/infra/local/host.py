@@ -55,10 +55,9 @@ def run(argv: list[str], step: str, input: str | None = None, timeout: float = 3
     return proc.stdout
 
 
-def ip_batch(commands: Iterable[str], step: str, netns: str | None = None) -> None:
+def ip_batch(commands: Iterable[str], step: str) -> None:
     """Run several iproute2 commands with one fork (the node start path is latency bound)."""
-    argv = ["ip"] + (["-n", netns] if netns else []) + ["-batch", "-"]
-    run(argv, step, input="\n".join(commands) + "\n")
+    run(["ip", "-batch", "-"], step, input="\n".join(commands) + "\n")
 
 
 def link_exists(name: str) -> bool:
@@ -123,9 +122,9 @@ def cgroup_paths(pid: int) -> list[str]:
     return [line.split(":", 2)[2] for line in text.splitlines() if line.count(":") >= 2]
 
 
-def live_pids() -> list[int]:
+def pids() -> list[int]:
     own = os.getpid()
-    return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != own and is_live(int(p))]
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != own]
 
 
 def kill(pids: Iterable[int], sig: int = signal.SIGKILL) -> None:

@@ -49,8 +49,10 @@ MAX_UNIX_PATH = 107
 # Runs inside the node's fresh mount and UTS namespaces, already in its netns; execs dockerd.
 NODE_INIT = r"""
 set -e
-dir=$1 host=$2
-shift 2
+dir=$1 host=$2 addr=$3
+shift 3
+# done here rather than by the provider: it runs in parallel with the other nodes' starts
+printf 'addr replace %s dev eth0\nlink set eth0 up\nlink set lo up\n' "$addr" | ip -batch -
 # A sysfs of this netns (libnetwork reads /sys/class/net), with the host's cgroup hierarchies
 # moved back on top: `ip netns exec` would drop them and dockerd needs the v1 devices cgroup.
 mount --rbind /sys/fs/cgroup "$dir/cgroup"
@@ -375,13 +377,14 @@ class LocalProvider:
 
     def _start(self, info: NodeInfo) -> None:
         with self._node_lock(info.name):
-            self._ensure_netns(info)
+            net = self._ensure_netns(info)
             if self._dockerd_pid(info) is not None:
                 return
-            # a crashed dockerd leaves containerd shims and containers behind; a new dockerd
-            # (with a new /run/containerd) cannot take them over, so a restart is a reboot
-            self._kill_processes(info.name)
             d = Path(info.state_dir)
+            if (d / "exec" / "containerd").exists():
+                # a crashed dockerd leaves containerd shims and containers behind; a new dockerd
+                # (with a new /run/containerd) cannot take them over, so a restart is a reboot
+                self._kill_processes(info.name)
             # containerd.pid naming a zombie makes dockerd wait for a containerd that never comes
             for stale in ("docker.sock", "docker.pid", "exec/containerd/containerd.pid",
                           "exec/containerd/containerd.sock"):
@@ -389,7 +392,7 @@ class LocalProvider:
             argv = ["nsenter", f"--net={host.NETNS_DIR / info.name}",
                     "unshare", "--mount", "--uts", "--propagation", "private", "--",
                     "sh", "-c", NODE_INIT, "node-init", str(d), info.hostname,
-                    *self._dockerd_argv(info)]
+                    f"{info.address}/{net.prefixlen}", *self._dockerd_argv(info)]
             # swarm tasks would otherwise look for their image in a registry first
             env = {"PATH": DOCKERD_PATH, "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"}
             with open(d / "dockerd.log", "ab") as log:
@@ -414,7 +417,8 @@ class LocalProvider:
             "--shutdown-timeout", "3",  # busybox sleep ignores SIGTERM: don't wait 15 s for it
         ]
 
-    def _ensure_netns(self, info: NodeInfo) -> None:
+    def _ensure_netns(self, info: NodeInfo) -> NetworkInfo:
+        """Create what is missing of the node's netns and veth (eth0 is set up by NODE_INIT)."""
         net = self.get_network(info.network_id)
         if net is None:
             raise InfraError("create node", f"network {info.network_id} does not exist")
@@ -431,9 +435,7 @@ class LocalProvider:
             # concurrent first `ip netns add`s each turn /run/netns into a mount point, stacked
             with self._lock:
                 host.ip_batch(cmds, f"create netns of {info.name}")
-        host.ip_batch([f"addr replace {info.address}/{net.prefixlen} dev eth0",
-                       "link set eth0 up", "link set lo up"],
-                      f"configure netns of {info.name}", netns=info.name)
+        return net
 
     def _dockerd_pid(self, info: NodeInfo) -> int | None:
         child = self._children.get(info.name)
@@ -533,7 +535,7 @@ class LocalProvider:
         (by cgroup parent: they have netns of their own and outlive a killed dockerd)."""
         netns = {host.netns_id_of(n): n for n in host.netns_names() if self._node_re.fullmatch(n)}
         found = {}
-        for pid in host.live_pids():
+        for pid in host.pids():
             name = netns.get(host.netns_id(pid))
             if name is None:
                 for path in host.cgroup_paths(pid):
@@ -546,7 +548,7 @@ class LocalProvider:
                 if argv and os.path.basename(argv[0]).startswith(("dockerd", "containerd")):
                     m = self._daemon_marker.search(" ".join(argv))
                     name = m.group(1) if m else None
-            if name is not None and (names is None or name in names):
+            if name is not None and (names is None or name in names) and host.is_live(pid):
                 found[pid] = name
         return found
 

@@ -1,0 +1,102 @@
+"""The production path: `jeroboam api` and several `jeroboam worker`s sharing a real PostgreSQL."""
+
+import time
+import uuid
+
+import psycopg
+import pytest
+
+from tests.support import Api, Process, base_env, free_port, wait_http
+
+ADMIN_URL = "postgresql://postgres@127.0.0.1/postgres"
+
+
+@pytest.fixture(scope="module")
+def database():
+    name = f"jeroboam_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1/{name}"
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def cluster_of_processes(database, tmp_path_factory):
+    data = tmp_path_factory.mktemp("pg")
+    env = base_env(data, JEROBOAM_SERVER_DATABASE=database, JEROBOAM_WORKER_LEASE_SECONDS="2",
+                   JEROBOAM_WORKER_SERVICE_DOWN_SECONDS="2", JEROBOAM_WORKER_THREADS="2")
+    upgrade = Process(["db", "upgrade"], env, data / "upgrade.log")
+    assert upgrade.proc.wait(60) == 0, upgrade.output()
+    port = free_port()
+    procs = {"api": Process(["api", "--bind", f"127.0.0.1:{port}", "--api-workers", "2"], env, data / "api.log")}
+    for name in ("w1", "w2"):
+        procs[name] = Process(["worker", "--name", name], env, data / f"{name}.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url, procs["api"])
+        yield url, procs, env, data
+    finally:
+        for proc in procs.values():
+            proc.stop()
+
+
+def test_two_workers_share_the_queue(cluster_of_processes):
+    url, procs, _, _ = cluster_of_processes
+    api = Api(url)
+    t = api.template(labels={"test_delay": "0.2"})
+    tasks = [api.cluster(t["uuid"])[1] for _ in range(8)]
+    finished = [api.wait_task(task) for task in tasks]
+    assert {task["state"] for task in finished} == {"SUCCEEDED"}
+    assert {task["worker"] for task in finished} == {"w1", "w2"}
+    services = Api(url, roles="admin").get("/v1/mservices").json()["mservices"]
+    assert {(s["host"], s["state"]) for s in services} >= {("w1", "up"), ("w2", "up")}
+
+
+def test_sigkilled_worker_task_is_taken_over(cluster_of_processes, tmp_path):
+    url, procs, env, data = cluster_of_processes
+    api = Api(url)
+    marker = tmp_path / "steps"
+    t = api.template(name="slow", labels={"test_delay": "1.0", "test_marker": str(marker)})
+    cluster, task = api.cluster(t["uuid"])
+    running = api.wait_task(task, states=("RUNNING",))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        steps = api.get(f"/v1/tasks/{task}").json()["task"]["steps"]
+        if steps and steps[0]["state"] == "SUCCEEDED":
+            break
+        time.sleep(0.05)
+    victim = running["worker"]
+    procs[victim].kill()
+    survivor = "w2" if victim == "w1" else "w1"
+    try:
+        done = api.wait_cluster(cluster, {"CREATE_COMPLETE", "CREATE_FAILED"}, timeout=30)
+        assert done["status"] == "CREATE_COMPLETE"
+        finished = api.wait_task(task)
+        assert (finished["state"], finished["worker"], finished["attempts"]) == ("SUCCEEDED", survivor, 2)
+        assert any(f"taken over by {survivor}" in e["message"] for e in finished["events"])
+        executed = marker.read_text().split("\n")
+        # The step finished before the crash is not run again.
+        assert executed.count("provision nodes") == 1
+        assert executed.count("report addresses") == 1
+        time.sleep(2.5)
+        services = {s["host"]: s["state"] for s in Api(url, roles="admin").get("/v1/mservices").json()["mservices"]}
+        assert (services[victim], services[survivor]) == ("down", "up")
+    finally:
+        procs[victim] = Process(["worker", "--name", victim], env, data / f"{victim}-restarted.log")
+
+
+def test_api_on_postgres_pages_and_isolates(cluster_of_processes):
+    url, *_ = cluster_of_processes
+    mine, theirs = Api(url, project="pg-mine"), Api(url, project="pg-theirs")
+    for i in range(5):
+        mine.template(name=f"t{i}")
+    theirs.template(name="secret")
+    first = mine.get("/v1/clustertemplates?limit=2&sort_key=name&sort_dir=desc").json()
+    assert [t["name"] for t in first["clustertemplates"]] == ["t4", "t3"]
+    nxt = first["next"].replace(url, "")
+    second = mine.get(nxt).json()
+    assert [t["name"] for t in second["clustertemplates"]] == ["t2", "t1"]
+    assert "secret" not in [t["name"] for t in mine.get("/v1/clustertemplates").json()["clustertemplates"]]

@@ -90,9 +90,17 @@ def detail_templates(call):
     return _list(call, detail=True)
 
 
+def _authorize(call, action: str, template: ClusterTemplate) -> None:
+    """Visibility already decided what the caller may see; changing another project's
+    template is for admins (`*_all_projects`)."""
+    call.state.policy.authorize(f"clustertemplate:{action}", call.ctx)
+    if action != "get" and template.project_id != call.ctx.project_id:
+        call.state.policy.authorize(f"clustertemplate:{action}_all_projects", call.ctx)
+
+
 def show(call):
     template = lookup(call, call.path["ident"])
-    call.state.policy.authorize("clustertemplate:get", call.ctx, template.project_id)
+    _authorize(call, "get", template)
     return view(call, template)
 
 
@@ -115,7 +123,7 @@ def create(call):
 
 def update(call):
     template = lookup(call, call.path["ident"])
-    call.state.policy.authorize("clustertemplate:update", call.ctx, template.project_id)
+    _authorize(call, "update", template)
     before = {f: getattr(template, f) for f in FIELDS}
     after = patch.apply(before, call.body, non_removable=NON_REMOVABLE)
     after = PATCH_RESULT.check(after)
@@ -140,7 +148,7 @@ def update(call):
 
 def delete(call):
     template = lookup(call, call.path["ident"])
-    call.state.policy.authorize("clustertemplate:delete", call.ctx, template.project_id)
+    _authorize(call, "delete", template)
     if in_use(call.session, template):
         raise BadRequest(f"ClusterTemplate {template.uuid} is referenced by one or multiple clusters.")
     call.session.delete(template)

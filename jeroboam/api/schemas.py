@@ -190,12 +190,14 @@ QUOTA_PROPERTIES = {
     "resource": {"type": ["string", "null"], "enum": ["Cluster", None]},
     "hard_limit": integer(0),
 }
+# A quota's project_id is its input, not the caller's.
+QUOTA_READ_ONLY = frozenset({"id", "created_at", "updated_at", "links"})
 QUOTA_CREATE = versioned(((1, 1), Body("quota", {
     "type": "object", "additionalProperties": False, "required": ["project_id"],
-    "properties": QUOTA_PROPERTIES}, COMMON_READ_ONLY | {"id"})))
+    "properties": QUOTA_PROPERTIES}, QUOTA_READ_ONLY)))
 QUOTA_UPDATE = versioned(((1, 1), Body("quota", {
     "type": "object", "additionalProperties": False, "required": ["hard_limit"],
-    "properties": {**QUOTA_PROPERTIES, "project_id": string()}}, COMMON_READ_ONLY | {"id"})))
+    "properties": {**QUOTA_PROPERTIES, "project_id": string()}}, QUOTA_READ_ONLY)))
 
 FEDERATION_CREATE = versioned(((1, 1), Body("federation", {
     "type": "object", "additionalProperties": False, "required": ["hostcluster_id"], "properties": {

@@ -600,10 +600,13 @@ class _Run:
     # ------------------------------------------------------------ scheduler
     def _loop(self) -> None:
         while True:
+            # Whatever is ready now starts, even if one of them fails on the spot;
+            # what becomes ready after a failure never starts (stays INIT_COMPLETE).
             while self.ready and not self.failure:
-                fn, key = self.ready.popleft()
-                fn(key)
-            self.ready.clear()  # after a failure nothing new starts; it stays INIT_COMPLETE
+                batch, self.ready = self.ready, collections.deque()
+                for fn, key in batch:
+                    fn(key)
+            self.ready.clear()
             self._drain(block_for=None)
             now = time.monotonic()
             while self.timers and self.timers[0][0] <= now:

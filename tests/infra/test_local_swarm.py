@@ -129,6 +129,22 @@ def test_tls_endpoint_needs_a_cert_from_the_cluster_ca(cluster):
     assert "ApiVersion" not in plain.text
 
 
+def test_restart_with_a_new_ca_keeps_the_swarm(provider, cluster):
+    worker = cluster.nodes[2]
+    new = new_ca("jbt-rotated")
+    provider.restart_node(worker.name, ca=new)
+    provider.wait_nodes([worker.name])
+    with closing(cluster.manager.client()) as mgr:
+        swarm.wait_ready(mgr, 3)
+    with closing(tls_client(worker.api_address, new.cert_pem,
+                            issue_client_cert(new, "admin"))) as client:
+        assert client.info()["Swarm"]["LocalNodeState"] == "active"
+    with closing(tls_client(worker.api_address, new.cert_pem,
+                            issue_client_cert(cluster.ca, "admin"), timeout=10)) as client:
+        with pytest.raises(requests.exceptions.ConnectionError):
+            client.version()
+
+
 def rootfs_tarball(path: Path) -> Path:
     data = b"hello\n"
     with tarfile.open(path, "w") as tar:

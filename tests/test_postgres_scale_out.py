@@ -1,5 +1,6 @@
 """The production path: `jeroboam api` and several `jeroboam worker`s sharing a real PostgreSQL."""
 
+import os
 import time
 import uuid
 
@@ -8,7 +9,7 @@ import pytest
 
 from tests.support import Api, Process, base_env, free_port, wait_http
 
-ADMIN_URL = "postgresql://postgres@127.0.0.1/postgres"
+ADMIN_URL = os.environ.get("JEROBOAM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1/postgres")
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +18,7 @@ def database():
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield f"postgresql://postgres@127.0.0.1/{name}"
+        yield ADMIN_URL.rsplit("/", 1)[0] + "/" + name
     finally:
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

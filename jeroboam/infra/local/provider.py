@@ -123,10 +123,18 @@ def _digest(kind: str, ident: str) -> str:
     return hashlib.sha256(f"{kind}:{ident}".encode()).hexdigest()
 
 
-def _mac(digest: str) -> str:
-    # locally administered unicast; fixed so a re-created node keeps it and peers' ARP caches
-    # stay right (a new MAC behind an old IP stalled joins for 10-30 s)
-    return "02:" + ":".join(digest[i:i + 2] for i in range(10, 20, 2))
+def _bridge_mac(network_id: str) -> str:
+    # fixed: by default a bridge takes the lowest MAC of its ports, changing as nodes come and go
+    digest = _digest("network", network_id)
+    return "02:" + ":".join(digest[i:i + 2] for i in range(0, 10, 2))
+
+
+def _node_mac(network_id: str, address: str) -> str:
+    # A function of the address: whichever node gets an address later, the host's and the
+    # peers' ARP caches stay right (a new MAC behind an old IP stalled swarm joins 10-30 s).
+    digest = _digest("network", network_id)
+    octets = ipaddress.ip_address(address).packed[1:]
+    return f"06:{digest[0:2]}:" + ":".join(f"{o:02x}" for o in octets)
 
 
 class LocalProvider:
@@ -211,7 +219,7 @@ class LocalProvider:
                 net = self._check_subnet(ipaddress.ip_network(subnet)) if subnet \
                     else self._free_subnet()
                 info = NetworkInfo(network_id, name, str(net), str(net[1]),
-                                   _mac(_digest("network", network_id)))
+                                   _bridge_mac(network_id))
                 _write_json(self.state_dir / "networks" / f"{name}.json", asdict(info))
             self._ensure_bridge(info)
         return info
@@ -357,7 +365,7 @@ class LocalProvider:
             raise InfraError("create node", f"no free address left in {net.subnet}")
         d = self._node_dir(name)
         info = NodeInfo(spec.node_id, name, spec.network_id, hostname, address,
-                        _mac(_digest("node", spec.node_id)), str(d), tuple(spec.images))
+                        _node_mac(spec.network_id, address), str(d), tuple(spec.images))
         for sub in ("data", "exec", "etc-docker", "cgroup", "tls"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         (d / "daemon.json").write_text("{}\n")  # keeps dockerd off /etc/docker/daemon.json

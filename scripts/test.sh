@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine (as root): installs what it needs,
+# starts PostgreSQL where it is not running, then runs pytest. Extra arguments go to pytest.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+bash scripts/host-prereqs.sh
+JEROBOAM_EXTRAS=test source scripts/setup.sh
+JEROBOAM_TEST_POSTGRES=$(bash scripts/postgres.sh)
+export JEROBOAM_TEST_POSTGRES
+set +e
+python -m pytest -p no:cacheprovider "$@"
+status=$?
+set -e
+# pytest's 5 means no test ran: that is a failure here, not a pass.
+exit $status

@@ -1,5 +1,6 @@
 """Fixtures for the local provider's tests: real dockerds, as root, under a private prefix."""
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from jeroboam.infra.local import LocalProvider
 
 # Link, netns and cgroup names of these tests start with "jbt", apart from a running product's.
 PREFIX = "jbt"
+LOCK = "/tmp/jbt-tests.lock"
 
 
 def _host_snapshot() -> dict[str, str]:
@@ -25,15 +27,19 @@ def _host_snapshot() -> dict[str, str]:
 def provider():
     if os.geteuid() != 0:
         pytest.skip("the local provider needs root (network namespaces, mounts, dockerd)")
-    # short: unix socket paths under it must stay below 108 bytes
-    state = tempfile.mkdtemp(prefix="jbt-", dir="/tmp")
-    p = LocalProvider(state, prefix=PREFIX)
-    try:
-        p.setup()
-        yield p
-    finally:
-        p.remove_leftovers([], [])
-        shutil.rmtree(state, ignore_errors=True)
+    # One session at a time owns the PREFIX names (and removes what a killed session left).
+    with open(LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        # short: unix socket paths under it must stay below 108 bytes
+        state = tempfile.mkdtemp(prefix="jbt-", dir="/tmp")
+        p = LocalProvider(state, prefix=PREFIX)
+        try:
+            p.setup()
+            p.remove_leftovers([], [])
+            yield p
+        finally:
+            p.remove_leftovers([], [])
+            shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

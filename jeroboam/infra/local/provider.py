@@ -134,7 +134,7 @@ def _node_mac(network_id: str, address: str) -> str:
     # peers' ARP caches stay right (a new MAC behind an old IP stalled swarm joins 10-30 s).
     digest = _digest("network", network_id)
     octets = ipaddress.ip_address(address).packed[1:]
-    return f"06:{digest[0:2]}:" + ":".join(f"{o:02x}" for o in octets)
+    return f"06:{digest[0:2]}:{digest[2:4]}:" + ":".join(f"{o:02x}" for o in octets)
 
 
 class LocalProvider:

@@ -113,9 +113,7 @@ def remove_node(manager: docker.DockerClient, node_id: str,
 
     ``leaving`` is a client of the node itself; without it (node dead) it is only removed.
     """
-    node = manager.api.inspect_node(node_id)
-    spec = dict(node["Spec"], Role="worker", Availability="drain")
-    manager.api.update_node(node_id, node["Version"]["Index"], spec)
+    node = _update_spec(manager, node_id, Role="worker", Availability="drain")
     if node["Status"]["State"] == "ready":
         wait_until(lambda: not manager.api.tasks(filters={"node": node_id,
                                                           "desired-state": "running"})
@@ -129,6 +127,17 @@ def remove_node(manager: docker.DockerClient, node_id: str,
             leaving.swarm.leave(force=True)
     # a node that just left is reported Down only 10-15 s later, and plain rm refuses until then
     manager.api.remove_node(node_id, force=True)
+
+
+def set_role(manager: docker.DockerClient, node_id: str, role: str) -> None:
+    """Promote (``manager``) or demote (``worker``) a node."""
+    _update_spec(manager, node_id, Role=role)
+
+
+def _update_spec(manager: docker.DockerClient, node_id: str, **changes) -> dict:
+    node = manager.api.inspect_node(node_id)
+    manager.api.update_node(node_id, node["Version"]["Index"], dict(node["Spec"], **changes))
+    return node
 
 
 def _ensure_member(node: NodeInfo, role: str, manager: NodeInfo, tokens: dict[str, str]) -> None:

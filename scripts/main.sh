@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The main job, from a fresh Debian machine (as root): install what is needed, start
+# `jeroboam serve` on the embedded default (SQLite), and show how to reach it.
+# When a cluster driver for the local provider is installed it also builds a cluster
+# and runs a workload on it (see README).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+bash scripts/host-prereqs.sh
+source scripts/setup.sh
+DATA=${JEROBOAM_DATA_DIR:-$ROOT/.data}
+BIND=${JEROBOAM_BIND:-127.0.0.1:9511}
+URL=http://$BIND
+mkdir -p "$DATA"
+
+if ! curl -sf "$URL/healthcheck" >/dev/null 2>&1; then
+  nohup jeroboam serve --data-dir "$DATA" --bind "$BIND" >"$DATA/serve.log" 2>&1 &
+  echo $! >"$DATA/serve.pid"
+  for _ in $(seq 1 100); do curl -sf "$URL/healthcheck" >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+curl -sf "$URL/healthcheck" >/dev/null || { echo "jeroboam did not start; see $DATA/serve.log" >&2; exit 1; }
+
+if [[ -x scripts/demo-cluster.sh ]]; then
+  bash scripts/demo-cluster.sh "$URL"
+fi
+
+cat <<EOT
+
+Jeroboam is serving the Magnum v1 API at $URL (pid $(cat "$DATA/serve.pid" 2>/dev/null || echo '?'), log $DATA/serve.log).
+  curl -s $URL/v1/clustertemplates
+  export OS_AUTH_TYPE=none OS_ENDPOINT=$URL/v1
+  $JEROBOAM_VENV/bin/openstack coe cluster list      # after: pip install python-openstackclient python-magnumclient
+Stop it with: kill \$(cat $DATA/serve.pid)
+EOT

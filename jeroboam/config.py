@@ -42,7 +42,7 @@ OPTIONS: list[Option] = [
     Option("auth", "noauth_user", "admin", "User of a noauth caller that sends no X-User-Id."),
     Option("auth", "noauth_roles", "admin,member,reader", "Roles of a noauth caller that sends no X-Roles."),
     Option("auth", "policy_file", "", "YAML or JSON file overriding policy rules."),
-    Option("auth", "keystone_url", "", "Keystone v3 URL used to validate tokens (keystone strategy)."),
+    Option("auth", "keystone_url", "", "Keystone URL (without /v3) used to validate tokens (keystone strategy)."),
     Option("auth", "keystone_username", "", "Service user that validates tokens."),
     Option("auth", "keystone_password", "", "Password of the service user."),
     Option("auth", "keystone_project", "service", "Project of the service user."),

@@ -57,7 +57,7 @@ class KeystoneAuth:
         self.url = settings.get("auth", "keystone_url").rstrip("/")
         domain = settings.get("auth", "keystone_domain")
         auth = v3.Password(
-            auth_url=self.url, username=settings.get("auth", "keystone_username"),
+            auth_url=f"{self.url}/v3", username=settings.get("auth", "keystone_username"),
             password=settings.get("auth", "keystone_password"),
             project_name=settings.get("auth", "keystone_project"),
             user_domain_name=domain, project_domain_name=domain)

@@ -67,17 +67,17 @@ STABLE_STATUSES = frozenset({
 HEALTH_STATUSES = ("HEALTHY", "UNHEALTHY", "UNKNOWN")
 
 
+def _outcomes() -> dict[tuple[str | None, str], str]:
+    """Create, update and delete each start in progress and end complete or failed."""
+    table: dict[tuple[str | None, str], str] = {(None, "create"): CREATE_IN_PROGRESS}
+    for operation in ("CREATE", "UPDATE", "DELETE"):
+        table[(f"{operation}_IN_PROGRESS", "succeed")] = f"{operation}_COMPLETE"
+        table[(f"{operation}_IN_PROGRESS", "fail")] = f"{operation}_FAILED"
+    return table
+
+
 def _cluster_transitions() -> dict[tuple[str | None, str], str]:
-    table: dict[tuple[str | None, str], str] = {
-        # (from,              event)      -> to
-        (None,               "create"):   CREATE_IN_PROGRESS,
-        (CREATE_IN_PROGRESS, "succeed"):  CREATE_COMPLETE,
-        (CREATE_IN_PROGRESS, "fail"):     CREATE_FAILED,
-        (UPDATE_IN_PROGRESS, "succeed"):  UPDATE_COMPLETE,
-        (UPDATE_IN_PROGRESS, "fail"):     UPDATE_FAILED,
-        (DELETE_IN_PROGRESS, "succeed"):  DELETE_COMPLETE,
-        (DELETE_IN_PROGRESS, "fail"):     DELETE_FAILED,
-    }
+    table = _outcomes()
     # PATCH, upgrade, CA rotation and nodegroup changes start only from a stable state.
     for state in STABLE_STATUSES:
         table[(state, "update")] = UPDATE_IN_PROGRESS
@@ -95,15 +95,10 @@ CLUSTER = StateMachine("cluster", _cluster_transitions())
 
 # Nodegroups share the enum; their own operations move them, the cluster moves alongside.
 NODEGROUP = StateMachine("nodegroup", {
-    (None, "create"): CREATE_IN_PROGRESS,
-    (CREATE_IN_PROGRESS, "succeed"): CREATE_COMPLETE,
-    (CREATE_IN_PROGRESS, "fail"): CREATE_FAILED,
+    **_outcomes(),
+    # A nodegroup may be changed again after a failure (the cluster's resize repairs it).
     **{(s, "update"): UPDATE_IN_PROGRESS for s in STABLE_STATUSES | FAILED_STATUSES},
-    (UPDATE_IN_PROGRESS, "succeed"): UPDATE_COMPLETE,
-    (UPDATE_IN_PROGRESS, "fail"): UPDATE_FAILED,
     **{(s, "delete"): DELETE_IN_PROGRESS for s in CLUSTER_STATUSES if s != DELETE_COMPLETE},
-    (DELETE_IN_PROGRESS, "succeed"): DELETE_COMPLETE,
-    (DELETE_IN_PROGRESS, "fail"): DELETE_FAILED,
 })
 
 

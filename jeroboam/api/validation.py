@@ -9,7 +9,7 @@ may carry `x-error: {keyword: message}` to word a failure the way Magnum does.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
 from jsonschema import Draft202012Validator
@@ -72,20 +72,26 @@ def _message(error) -> str:
     return error.message
 
 
-@dataclass
-class Body:
-    """A request body: the schema, Magnum's name for it, and fields it reports as read-only."""
+class _Compiled:
+    """The schema's validator, built on first use."""
 
-    argument: str
     schema: dict
-    read_only: frozenset[str] = frozenset()
-    _validator: Draft202012Validator | None = field(default=None, repr=False)
+    _validator: Draft202012Validator | None = None
 
     @property
     def validator(self) -> Draft202012Validator:
         if self._validator is None:
             self._validator = Draft202012Validator(self.schema)
         return self._validator
+
+
+@dataclass
+class Body(_Compiled):
+    """A request body: the schema, Magnum's name for it, and fields it reports as read-only."""
+
+    argument: str
+    schema: dict
+    read_only: frozenset[str] = frozenset()
 
     def check(self, data):
         """Coerce and validate `data`; returns the cleaned value or raises BadRequest."""
@@ -126,17 +132,10 @@ def _as_bad_request(argument: str, data, error) -> BadRequest:
 
 
 @dataclass
-class Query:
+class Query(_Compiled):
     """Query parameters: all strings on the wire; unknown names are refused as Magnum does."""
 
     schema: dict
-    _validator: Draft202012Validator | None = field(default=None, repr=False)
-
-    @property
-    def validator(self) -> Draft202012Validator:
-        if self._validator is None:
-            self._validator = Draft202012Validator(self.schema)
-        return self._validator
 
     def check(self, params) -> dict:
         data = dict(params)

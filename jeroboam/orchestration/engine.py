@@ -125,7 +125,7 @@ class Engine:
             parameters=dict(parameters or {}), action=CREATE, status=IN_PROGRESS,
             status_reason="Stack CREATE started", timeout_mins=timeout_mins, disable_rollback=disable_rollback,
             created_at=now, action_started_at=now)
-        self.store.create_stack(stack, [_stack_event(stack)])
+        self.store.create_stack(stack, [stack_event(stack)])
         return stack
 
     def update_stack(self, stack_id: str, template=None, parameters: dict | None = None, *, existing: bool = True,
@@ -153,7 +153,7 @@ class Engine:
             stack.disable_rollback = disable_rollback
         self._set_stack(stack, UPDATE, IN_PROGRESS, "Stack UPDATE started")
         stack.updated_at = stack.action_started_at = _now()
-        self.store.save(stack, [], [], [_stack_event(stack)])
+        self.store.save(stack, [], [], [stack_event(stack)])
         return stack
 
     def delete_stack(self, stack_id: str) -> StackRecord:
@@ -166,7 +166,7 @@ class Engine:
             raise StackConflict(f"stack {stack.name} is {stack.state}; cancel it first")
         self._set_stack(stack, DELETE, IN_PROGRESS, "Stack DELETE started")
         stack.action_started_at = _now()
-        self.store.save(stack, [], [], [_stack_event(stack)])
+        self.store.save(stack, [], [], [stack_event(stack)])
         return stack
 
     def outputs(self, stack: StackRecord) -> list[dict]:
@@ -216,7 +216,7 @@ class Engine:
             if action in (CREATE, UPDATE) and not stack.disable_rollback and not run.cancelled:
                 self._set_stack(run.stack, ROLLBACK, IN_PROGRESS, "Stack ROLLBACK started")
                 run.stack.action_started_at = _now()
-                self.store.save(run.stack, [], [], [_stack_event(run.stack)])
+                self.store.save(run.stack, [], [], [stack_event(run.stack)])
                 continue
             return run.stack
 
@@ -233,7 +233,8 @@ class Engine:
                                        project_id=stack.project_id)
 
 
-def _stack_event(stack: StackRecord) -> EventRecord:
+def stack_event(stack: StackRecord) -> EventRecord:
+    """The event recording the stack's current state."""
     return EventRecord(id=_new_id(), stack_id=stack.id, resource_name=stack.name, physical_resource_id=stack.id,
                        resource_type=STACK_TYPE, action=stack.action, status=stack.status,
                        reason=stack.status_reason, time=_now())
@@ -683,8 +684,7 @@ class _Run:
         self.dirty[rec.id] = rec
         self.events.append(EventRecord(
             id=_new_id(), stack_id=rec.stack_id, resource_name=rec.name, physical_resource_id=rec.physical_id,
-            resource_type=rec.type, action=action, status=status, reason=reason, time=now,
-            properties=rec.properties))
+            resource_type=rec.type, action=action, status=status, reason=reason, time=now))
 
     def _flush(self, stack: StackRecord | None = None) -> None:
         if self.dirty or self.removed or self.events or stack is not None:
@@ -709,7 +709,7 @@ class _Run:
         else:
             Engine._set_stack(stack, self.action, FAILED, failure)
         stack.updated_at = now
-        self.events.append(_stack_event(stack))
+        self.events.append(stack_event(stack))
         self._flush(stack)
 
 

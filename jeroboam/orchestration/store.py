@@ -88,7 +88,6 @@ class EventRecord:
     status: str
     reason: str
     time: datetime.datetime
-    properties: dict | None = None
 
     @property
     def state(self) -> str:
@@ -128,7 +127,7 @@ def _clone(value):
 _JSON_FIELDS = {
     StackRecord: ("template", "parameters", "prev_template", "prev_parameters"),
     ResourceRecord: ("properties", "metadata", "data", "attributes", "requires", "depends_on", "update_policy"),
-    EventRecord: ("properties",),
+    EventRecord: (),
 }
 
 

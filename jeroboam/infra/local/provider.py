@@ -297,7 +297,8 @@ class LocalProvider:
         self._start(info)
         return info
 
-    def start_nodes(self, specs: list[NodeSpec], ca: KeyPair, timeout: float = 60) -> list[NodeInfo]:
+    def start_nodes(self, specs: list[NodeSpec], ca: KeyPair,
+                    timeout: float = 60) -> list[NodeInfo]:
         """Create several nodes and wait until all of them answer with their images in."""
         infos = [self.create_node(spec, ca) for spec in specs]
         self.wait_nodes([i.name for i in infos], timeout)
@@ -404,9 +405,13 @@ class LocalProvider:
             # swarm tasks would otherwise look for their image in a registry first
             env = {"PATH": DOCKERD_PATH, "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"}
             with open(d / "dockerd.log", "ab") as log:
-                self._children[info.name] = subprocess.Popen(
+                child = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     env=env, start_new_session=True)
+            self._children[info.name] = child
+            # nsenter, unshare and sh each exec the next, so this is dockerd's PID already;
+            # dockerd writes docker.pid only later, and refuses a pid file naming itself
+            (d / "spawn.pid").write_text(f"{child.pid}\n")
 
     def _dockerd_argv(self, info: NodeInfo) -> list[str]:
         d, tls = info.state_dir, f"{info.state_dir}/tls"
@@ -451,13 +456,15 @@ class LocalProvider:
             if child.poll() is None:
                 return child.pid
             del self._children[info.name]
-        # started by an earlier process of ours: trust the pid file only if the command matches
-        try:
-            pid = int((Path(info.state_dir) / "docker.pid").read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        if host.is_live(pid) and f"{info.state_dir}/data" in host.cmdline(pid):
-            return pid
+        # started by another provider object or process: trust a pid file only if the command
+        # line is that node's (it is from nsenter's exec on)
+        for pidfile in ("spawn.pid", "docker.pid"):
+            try:
+                pid = int((Path(info.state_dir) / pidfile).read_text())
+            except (FileNotFoundError, ValueError):
+                continue
+            if host.is_live(pid) and f"{info.state_dir}/data" in host.cmdline(pid):
+                return pid
         return None
 
     def _log_tail(self, info: NodeInfo, lines: int = 3) -> str:

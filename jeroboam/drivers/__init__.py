@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from importlib.metadata import entry_points
+from typing import Callable
 
 LOG = logging.getLogger("jeroboam.drivers")
 GROUP = "jeroboam.drivers"
@@ -54,6 +55,14 @@ class Driver:
     def rotate_ca_certificate(self, ctx) -> None:
         """Re-issue what the new CA signs (the CA itself is already replaced)."""
         raise NotImplementedError
+
+    def periodic_tasks(self, settings) -> list[tuple[float, Callable]]:
+        """(interval seconds, fn(session_factory)) pairs every worker runs in the background,
+        e.g. a health monitor."""
+        return []
+
+    def on_worker_start(self, session_factory, settings) -> None:
+        """Reconcile the host with the database when a worker starts (adopt, clean up)."""
 
     def validate_master_size(self, master_count: int) -> str | None:
         """An error message when the driver cannot run this many masters."""

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from jeroboam.db.base import is_postgres, utcnow
 from jeroboam.db.models import Service, Task
+from jeroboam.drivers import Registry
 from jeroboam.tasks import queue, registry
 from jeroboam.tasks.context import LeaseLost, StepFailed, TaskCancelled, TaskContext
 
@@ -40,6 +41,12 @@ class Worker:
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
         self._register()
+        drivers = Registry(self.settings.get("drivers", "disabled_drivers")).drivers.values()
+        for driver in drivers:
+            driver.on_worker_start(self.session_factory, self.settings)
+        for driver in drivers:
+            for interval, fn in driver.periodic_tasks(self.settings):
+                self._spawn(self._periodic(interval, fn), f"{driver.name}-{fn.__name__}")
         self._spawn(self._heartbeat_loop, "heartbeat")
         for i in range(self.threads):
             self._spawn(self._run_loop, f"runner-{i}")
@@ -78,6 +85,15 @@ class Worker:
                         .values(report_count=Service.report_count + 1, last_seen_at=utcnow()))
             except Exception:  # the database may be briefly away; the next beat retries
                 LOG.exception("heartbeat failed")
+
+    def _periodic(self, interval: float, fn):
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    fn(self.session_factory)
+                except Exception:  # a failed round is logged; the next one tries again
+                    LOG.exception("periodic %s failed", fn.__name__)
+        return loop
 
     def _run_loop(self) -> None:
         while not self._stop.is_set():

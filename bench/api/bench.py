@@ -20,6 +20,7 @@ import http.client
 import json
 import os
 import platform
+import resource
 import secrets
 import shutil
 import signal
@@ -107,6 +108,14 @@ def descendants(root: int) -> list[int]:
     return out
 
 
+def system_busy_ms() -> float:
+    """CPU time every CPU of the machine spent busy (not idle or iowait), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is already in user)
+    return (sum(fields[:8]) - fields[3] - fields[4]) * 1000.0 / CLK_TCK
+
+
 def tree_cpu_ms(root: int) -> float:
     """CPU time of a process and all its descendants (all threads; reaped children via cutime/cstime)."""
     table = _proc_table()
@@ -120,6 +129,16 @@ def tree_cpu_ms(root: int) -> float:
             ticks += table[pid][1]
         todo.extend(children.get(pid, []))
     return ticks * 1000.0 / CLK_TCK
+
+
+def _alive(pid: int) -> bool:
+    """True while pid runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            raw = f.read()
+    except OSError:
+        return False
+    return raw[raw.rindex(")") + 2] != "Z"
 
 
 class Server:
@@ -145,11 +164,13 @@ class Server:
                 log(f"server pid {self.pid} ignored SIGTERM; SIGKILL")
                 self.proc.kill()
                 self.proc.wait(10)
-            # Any child of ours that outlived its parent is killed by its own PID.
+            # Children (uvicorn workers, multiprocessing's resource tracker) follow their parent
+            # out within moments; any that outlives it by 5 s is killed by its own PID.
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and any(_alive(pid) for pid in kids):
+                time.sleep(0.1)
             for pid in kids:
-                try:
-                    os.kill(pid, 0)
-                except OSError:
+                if not _alive(pid):
                     continue
                 log(f"leftover server child pid {pid}; SIGKILL")
                 try:
@@ -237,12 +258,13 @@ def choose_body(port: int) -> tuple[dict, str]:
         reason = json.loads(raw)["errors"][0]["detail"]
     except Exception:
         reason = raw[:200].decode(errors="replace")
+    log(f"the real swarm template was refused (400: {reason}); using the test-only driver")
     status, raw = request(port, "POST", "/v1/clustertemplates", with_name(TEST_BODY, "bench-probe"))
     if status != 201:
         raise BenchError(f"test-driver template create answered {status}: {raw[:500]!r}")
     request(port, "DELETE", f"/v1/clustertemplates/{json.loads(raw)['uuid']}")
-    return TEST_BODY, ("TEST-ONLY driver tests/plugins/jeroboam_test_driver, image test-image=testos "
-                       f"(the real template was refused: {reason[:120]})")
+    return TEST_BODY, ("TEST-ONLY driver tests/plugins/jeroboam_test_driver, image test-image=testos; "
+                       "no loaded driver serves (local, debian, swarm-mode) yet")
 
 
 def seed(port: int, body: dict, count: int) -> list[str]:
@@ -284,23 +306,29 @@ def run_wrk(port: int, op: str, conc: int, duration: int, extra_env: dict) -> di
     # One wrk thread: it drives thousands of req/s and leaves the cores to the server.
     cmd = ["wrk", "-t1", f"-c{conc}", f"-d{duration}s", "--timeout", "10s", "--latency", "-s", str(LUA),
            f"http://127.0.0.1:{port}"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode != 0:
         raise BenchError(f"wrk failed ({out.returncode}): {out.stderr}\n{out.stdout}")
     for line in out.stdout.splitlines():
         if line.startswith("BENCH_RESULT "):
-            return json.loads(line[len("BENCH_RESULT "):])
+            res = json.loads(line[len("BENCH_RESULT "):])
+            res["wrk_cpu_ms"] = ((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)) * 1000
+            return res
     raise BenchError(f"no result from wrk:\n{out.stdout}\n{out.stderr}")
 
 
 def measure(server: Server, port: int, op: str, conc: int, duration: int, warmup: int, extra_env: dict) -> dict:
     if warmup:
         run_wrk(port, op, conc, warmup, {**extra_env, "BENCH_PREFIX": f"warm-{op}-c{conc}"})
-    cpu0 = tree_cpu_ms(server.pid)
+    cpu0, busy0 = tree_cpu_ms(server.pid), system_busy_ms()
     wall0 = time.monotonic()
     res = run_wrk(port, op, conc, duration, {**extra_env, "BENCH_PREFIX": f"{op}-c{conc}"})
     wall = time.monotonic() - wall0
-    cpu = tree_cpu_ms(server.pid) - cpu0
+    cpu, busy = tree_cpu_ms(server.pid) - cpu0, system_busy_ms() - busy0
+    # Everything else busy meanwhile: the database server (PostgreSQL), and any other load on the machine.
+    other = max(0.0, busy - cpu - res["wrk_cpu_ms"])
     if not server.alive():
         raise BenchError(f"server died during {op} c={conc}:\n{server.tail()}")
     n = res["requests"]
@@ -311,6 +339,7 @@ def measure(server: Server, port: int, op: str, conc: int, duration: int, warmup
         "p50_ms": res["latency_us"]["p50"] / 1000, "p90_ms": res["latency_us"]["p90"] / 1000,
         "p99_ms": res["latency_us"]["p99"] / 1000, "max_ms": res["latency_us"]["max"] / 1000,
         "cpu_ms_per_req": cpu / n if n else 0.0, "server_cores": cpu / 1000 / wall,
+        "wrk_cores": res["wrk_cpu_ms"] / 1000 / wall, "other_cores": other / 1000 / wall,
         "errors": errors, "error_detail": res["errors"], "bytes_per_req": res["bytes"] / n if n else 0,
     }
 
@@ -419,12 +448,13 @@ def verdict(backend: str, row: dict) -> tuple[str, str, str, str]:
 def table(result: dict) -> str:
     backend = result["backend"]
     head = (f"{'op':<7}{'c':>2} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU-ms/req':>10} {'srv cores':>9} "
-            f"{'errors':>6}  {'target (c=8)':<24} {'Magnum 23.0.0 (c=8)':<34} {'vs Magnum':>9}  verdict")
+            f"{'wrk':>5} {'other':>5} {'errors':>6}  {'target (c=8)':<24} {'Magnum 23.0.0 (c=8)':<34} {'vs Magnum':>9}  verdict")
     lines = [f"== {backend} ==  ({result['driver']})", head, "-" * len(head)]
     for row in result["rows"]:
         tgt, mag, ratio, word = verdict(backend, row)
         lines.append(f"{row['op']:<7}{row['c']:>2} {row['rps']:>9.1f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
-                     f"{row['cpu_ms_per_req']:>10.2f} {row['server_cores']:>9.2f} {row['errors']:>6}  "
+                     f"{row['cpu_ms_per_req']:>10.2f} {row['server_cores']:>9.2f} {row['wrk_cores']:>5.2f} "
+                     f"{row['other_cores']:>5.2f} {row['errors']:>6}  "
                      f"{tgt:<24} {mag:<34} {ratio:>9}  {word}")
     return "\n".join(lines)
 
@@ -466,7 +496,13 @@ def main(argv=None) -> int:
 
     ensure_wrk()
     started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="jeroboam-bench-"))
+    busy0 = system_busy_ms()
+    time.sleep(1)
+    idle_load = (system_busy_ms() - busy0) / 1000
+    log(f"machine load before the bench: {idle_load:.2f} cores busy of {os.cpu_count()}")
+    if idle_load > 0.25:
+        log("WARNING: the machine is not idle; the figures will be lower and noisier than on an idle one")
+    tmp = Path(tempfile.mkdtemp(prefix="jeroboam-apibench-"))
     results, failures = [], []
     try:
         if args.only in (None, "sqlite"):
@@ -493,13 +529,20 @@ def main(argv=None) -> int:
           f"wrk -t1 -c1/-c8, {args.duration}s per case after {args.warmup}s warm-up; "
           f"headers X-Project-Id/X-User-Id: bench, X-Roles: admin, container-infra latest.")
     print(f"Machine: {machine()}. Server log level: info (one access line per request). "
-          f"CPU-ms/req = utime+stime of the server process tree / requests; srv cores = CPU-s per wall-s.")
+          f"CPU-ms/req = utime+stime of the server process tree / requests; srv cores, wrk, other = CPU-s per "
+          f"wall-s of the server tree, of wrk, and of everything else busy meanwhile (PostgreSQL; other load).")
     print("Targets and Magnum 23.0.0 figures are issue 2 item 9's, quoted at c=8 "
           "(uwsgi, 2 processes, MariaDB, same machine).")
     for result in results:
         print()
         print(table(result))
-    print(f"\ntotal bench time {time.monotonic() - started:.0f}s")
+    noisy = [f"{res['backend']} {r['op']} c={r['c']}" for res in results for r in res["rows"]
+             if r["other_cores"] > 0.25 and res["backend"] == "sqlite"]
+    print(f"\nmachine load before the bench: {idle_load:.2f} cores busy.")
+    if noisy:
+        print("WARNING: other processes used > 0.25 cores during " + ", ".join(noisy) +
+              " (column `other`); the machine was shared, rerun on an idle one for clean figures.")
+    print(f"total bench time {time.monotonic() - started:.0f}s")
     for f in failures:
         print(f"FAILED {f}")
     if args.json:

@@ -30,17 +30,7 @@ V1_COLLECTIONS = ["clustertemplates", "clusters", "quotas", "certificates", "mse
 
 
 def resources():
-    found = []
-    for name in RESOURCE_MODULES:
-        try:
-            module = importlib.import_module(f"jeroboam.api.{name}")
-        except ModuleNotFoundError as exc:
-            # The stacks API arrives with the orchestration engine.
-            if exc.name != f"jeroboam.api.{name}":
-                raise
-            continue
-        found.extend(module.RESOURCES)
-    return found
+    return [r for name in RESOURCE_MODULES for r in importlib.import_module(f"jeroboam.api.{name}").RESOURCES]
 
 
 async def root(request: Request) -> Response:

@@ -9,7 +9,8 @@ import re
 from jeroboam.api import microversions
 from jeroboam.api.validation import Body, Query
 
-_PARAM = re.compile(r"{(\w+)}")
+# Starlette path parameters may carry a converter ({name:path}); OpenAPI names them bare.
+_PARAM = re.compile(r"{(\w+)(?::\w+)?}")
 
 
 def _strip(schema):
@@ -88,7 +89,7 @@ def _operation(endpoint, path: str) -> dict:
 def document(resources) -> dict:
     paths: dict = {}
     for resource in resources:
-        item = paths.setdefault(resource.path, {})
+        item = paths.setdefault(_PARAM.sub(r"{\1}", resource.path), {})
         for method, endpoint in resource.methods.items():
             item[method.lower()] = _operation(endpoint, resource.path)
     return {

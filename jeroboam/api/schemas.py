@@ -21,13 +21,15 @@ def string(min_length: int = 1, max_length: int = 255, nullable: bool = True) ->
             "minLength": min_length, "maxLength": max_length}
 
 
-def integer(minimum: int | None = None, maximum: int | None = None, nullable: bool = True,
+# Columns are 32-bit integers: anything larger is refused here, not by the database.
+INT_MAX = 2**31 - 1
+
+
+def integer(minimum: int | None = None, maximum: int = INT_MAX, nullable: bool = True,
             below_minimum: str | None = None) -> dict:
-    schema: dict = {"type": ["integer", "null"] if nullable else "integer"}
+    schema: dict = {"type": ["integer", "null"] if nullable else "integer", "maximum": maximum}
     if minimum is not None:
         schema["minimum"] = minimum
-    if maximum is not None:
-        schema["maximum"] = maximum
     if below_minimum:
         schema["x-error"] = {"minimum": below_minimum}
     return schema

@@ -105,9 +105,11 @@ class Body(_Compiled):
                 if name not in properties and not self.schema.get("additionalProperties", False):
                     raise BadRequest(f"Unknown attribute for argument {self.argument}: {name}")
             data = {k: coerce(properties[k], v) if k in properties else v for k, v in data.items()}
-            # A null optional field is simply unset; nulls of required fields fail below.
-            required = set(self.schema.get("required", ()))
-            data = {k: v for k, v in data.items() if v is not None or k in required}
+            # A null optional field is simply unset; a null required one is missing.
+            for name in self.schema.get("required", ()):
+                if name in data and data[name] is None:
+                    raise invalid_input(name, None, "Mandatory field missing.")
+            data = {k: v for k, v in data.items() if v is not None}
         elif self.schema.get("type") == "array" and not isinstance(data, list):
             raise invalid_input(self.argument, data, "Value not a valid list")
         error = next(iter(sorted(self.validator.iter_errors(data), key=lambda e: list(e.path))), None)

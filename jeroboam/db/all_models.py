@@ -1,18 +1,9 @@
 """Imports every model module so that Base.metadata knows all tables."""
 
-import importlib
-
+import jeroboam.db.models  # noqa: F401
+import jeroboam.db.stack_models  # noqa: F401
 from jeroboam.db.base import Base
-
-MODEL_MODULES = ("jeroboam.db.models", "jeroboam.db.stack_models")
 
 
 def metadata():
-    for name in MODEL_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            # stack_models arrives with the orchestration engine; until then it is absent.
-            if exc.name != name:
-                raise
     return Base.metadata

@@ -169,11 +169,16 @@ class Engine:
         self.store.save(stack, [], [], [stack_event(stack)])
         return stack
 
+    @staticmethod
+    def bound(stack: StackRecord, template: dict | None = None, parameters: dict | None = None) -> BoundTemplate:
+        """The stack's template (or the one given) bound to its parameters (or those given)."""
+        return Template(stack.template if template is None else template).bind(
+            stack.parameters if parameters is None else parameters,
+            stack_id=stack.id, stack_name=stack.name, project_id=stack.project_id)
+
     def outputs(self, stack: StackRecord) -> list[dict]:
         """The stack's outputs resolved against its current resources."""
-        bound = Template(stack.template).bind(
-            stack.parameters, stack_id=stack.id, stack_name=stack.name, project_id=stack.project_id)
-        return bound.outputs(stack_view(self.store, stack.id))
+        return self.bound(stack).outputs(stack_view(self.store, stack.id))
 
     def _live_stack(self, stack_id: str) -> StackRecord:
         stack = self.store.get_stack(stack_id)
@@ -226,11 +231,8 @@ class Engine:
         if stack.action == ROLLBACK:
             if stack.prev_template is None:
                 return None  # a create's rollback deletes everything
-            template, params = stack.prev_template, stack.prev_parameters
-        else:
-            template, params = stack.template, stack.parameters
-        return Template(template).bind(params, stack_id=stack.id, stack_name=stack.name,
-                                       project_id=stack.project_id)
+            return self.bound(stack, stack.prev_template, stack.prev_parameters)
+        return self.bound(stack)
 
 
 def stack_event(stack: StackRecord) -> EventRecord:

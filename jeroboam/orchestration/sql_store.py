@@ -34,7 +34,7 @@ def _stack_row(rec: StackRecord) -> dict:
     return {"uuid": rec.id, **{f: getattr(rec, f) for f in _STACK_FIELDS}}
 
 
-def _stack_record(row) -> StackRecord:
+def stack_record(row) -> StackRecord:
     return StackRecord(id=row.uuid, **{f: getattr(row, f) for f in _STACK_FIELDS})
 
 
@@ -98,7 +98,7 @@ class SqlStore(Store):
             row = session.execute(sa.select(STACKS).where(STACKS.c.uuid == stack_id)).first()
         if row is None:
             raise StackNotFound(stack_id)
-        return _stack_record(row)
+        return stack_record(row)
 
     def resources(self, stack_id):
         with self._transaction() as session:

@@ -19,6 +19,7 @@ from jeroboam.orchestration.errors import StackConflict, StackNotFound
 # Actions and statuses (Heat's ACTION_STATUS).
 INIT, CREATE, UPDATE, DELETE, ROLLBACK = "INIT", "CREATE", "UPDATE", "DELETE", "ROLLBACK"
 IN_PROGRESS, COMPLETE, FAILED = "IN_PROGRESS", "COMPLETE", "FAILED"
+STATUSES = (IN_PROGRESS, COMPLETE, FAILED)
 
 STACK_TYPE = "OS::Heat::Stack"
 

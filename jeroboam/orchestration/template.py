@@ -10,6 +10,7 @@ Every error is a TemplateError naming its place, e.g.
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 from dataclasses import dataclass
@@ -66,10 +67,17 @@ def load(source) -> dict:
     if not isinstance(source, dict):
         raise TemplateError("template", "must be a map")
     try:
-        # Normalises YAML-only types (e.g. integer map keys) and refuses what JSON cannot hold.
-        return json.loads(json.dumps(source))
+        # Normalises YAML-only types (integer map keys; dates, from a map a caller loaded with
+        # a stock YAML loader) and refuses what JSON cannot hold.
+        return json.loads(json.dumps(source, default=_date_text))
     except (TypeError, ValueError) as exc:
         raise TemplateError("template", f"holds a value JSON cannot represent: {exc}") from None
+
+
+def _date_text(value) -> str:
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def _type_name(value) -> str:
@@ -464,6 +472,10 @@ class BoundTemplate:
                 requires=frozenset(depends_on) | frozenset(r for r in refs if r in self.enabled),
                 deletion_policy=parsed["deletion_policy"], update_policy=definition.get("update_policy") or {},
                 description=definition.get("description", ""))
+
+        for name, output in template.outputs.items():
+            if output.get("condition") is not None:
+                self.conditions.evaluate(output["condition"], f"outputs.{name}.condition")
 
         self.graph = Graph({name: d.requires for name, d in self.resources.items()})
         cycles = self.graph.cycles()

@@ -45,11 +45,5 @@ def known(name: str) -> bool:
 
 def _load_builtin_actions() -> None:
     # Importing the modules registers their actions; deferred to avoid import cycles.
-    import importlib
-
-    for module in ("jeroboam.conductor", "jeroboam.orchestration.actions"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    import jeroboam.conductor  # noqa: F401
+    import jeroboam.orchestration.actions  # noqa: F401

@@ -7,8 +7,9 @@ import tarfile
 
 import pytest
 
-from jeroboam.infra.local import InfraError, LocalProvider
+from jeroboam.infra.local import InfraError, LocalProvider, NodeSpec
 from jeroboam.infra.local.images import _is_static_elf
+from jeroboam.pki import new_ca
 
 
 def test_names_are_deterministic_and_fit_link_names(provider):
@@ -51,8 +52,11 @@ def test_network_create_is_idempotent_and_delete_removes_bridge(provider):
 def test_address_pool_clashing_with_host_routes_is_refused(provider):
     routes = json.loads(subprocess.run(["ip", "-4", "-j", "route", "show", "table", "main"],
                                        capture_output=True, text=True, check=True).stdout)
-    host_net = next(ipaddress.ip_network(r["dst"]) for r in routes
-                    if r["dst"] != "default" and ipaddress.ip_network(r["dst"]).prefixlen <= 24)
+    host_net = next((ipaddress.ip_network(r["dst"]) for r in routes
+                     if r["dst"] != "default" and ipaddress.ip_network(r["dst"]).prefixlen <= 24),
+                    None)
+    if host_net is None:
+        pytest.skip("the host has no route to clash with")
     pool = next(host_net.subnets(new_prefix=24))
     clashing = LocalProvider(str(provider.state_dir), prefix=provider.prefix,
                              address_pools=(str(pool),))
@@ -67,3 +71,18 @@ def test_address_pool_clashing_with_host_routes_is_refused(provider):
         assert not ipaddress.ip_network(default.subnet).overlaps(host_net)
     finally:
         provider.delete_network("unit-default")
+
+
+def test_dockerd_that_cannot_start_fails_naming_the_step(provider):
+    broken = LocalProvider(str(provider.state_dir), prefix=provider.prefix,
+                           storage_driver="no-such-driver")
+    broken.create_network("unit-broken")
+    name = broken.node_name("unit-broken-node")
+    try:
+        broken.create_node(NodeSpec("unit-broken-node", "unit-broken"), new_ca("unit"))
+        with pytest.raises(InfraError, match="start dockerd") as failure:
+            broken.wait_nodes([name], timeout=30)
+        assert "no-such-driver" in failure.value.detail
+    finally:
+        broken.destroy_nodes([name])
+        broken.delete_network("unit-broken")

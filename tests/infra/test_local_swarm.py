@@ -73,7 +73,9 @@ def test_nodes_are_separate_hosts(provider, cluster):
     daemons = [p for p in provider.inventory()["processes"] if " containerd --config " in p]
     for node in cluster.nodes:
         assert sum(f"{node.state_dir}/exec/" in p for p in daemons) == 1
-    assert not os.path.exists("/run/containerd/containerd.sock")
+        pid = Path(node.state_dir, "docker.pid").read_text().strip()
+        mounts = Path(f"/proc/{pid}/mountinfo").read_text()
+        assert " /run/containerd " in mounts and " /etc/docker " in mounts
 
 
 def test_create_is_idempotent(provider, cluster):

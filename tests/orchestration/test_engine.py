@@ -71,6 +71,13 @@ class FlakyDelete(heat.TestResource):
         return True
 
 
+@registry.register
+class ImmutableZone(heat.TestResource):
+    type_name = "Test::ImmutableZone"
+    properties_schema = {**heat.TestResource.properties_schema, "properties": {
+        **heat.TestResource.properties_schema["properties"], "zone": {"type": "string", "immutable": True}}}
+
+
 def tr(value="test_string", **props):
     return {"type": "OS::Heat::TestResource", "properties": {"value": value, **props}}
 
@@ -234,6 +241,15 @@ def test_random_string_is_replaced_when_a_property_changes(engine, store):
     assert len(first) == 32
     stack = run_update(engine, stack, hot({"r": {"type": "OS::Heat::RandomString", "properties": {"salt": "2"}}}))
     assert resources(store, stack)["r"].data["value"] != first
+
+
+def test_an_immutable_property_change_fails_the_update(engine, store):
+    stack = run_create(engine, hot({"z": {"type": "Test::ImmutableZone", "properties": {"zone": "a"}}}))
+    pid = resources(store, stack)["z"].physical_id
+    stack = run_update(engine, stack, hot({"z": {"type": "Test::ImmutableZone", "properties": {"zone": "b"}}}))
+    assert stack.state == "UPDATE_FAILED"
+    assert "resources.z.properties.zone: cannot be changed (immutable)" in stack.status_reason
+    assert [r.physical_id for r in store.resources(stack.id)] == [pid]  # not replaced either
 
 
 def test_update_validation_and_conflicts(engine, store):

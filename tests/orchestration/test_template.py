@@ -35,10 +35,13 @@ def outputs(template, params=None, view=None):
 
 
 def test_yaml_dates_stay_strings_and_json_text_is_accepted():
-    tmpl = Template("heat_template_version: 2018-08-31\nparameters:\n  d: {type: string, default: 2020-01-02}\n")
+    text = "heat_template_version: 2018-08-31\nparameters:\n  d: {type: string, default: 2020-01-02}\n"
+    tmpl = Template(text)
     assert tmpl.version == "2018-08-31"
     assert tmpl.bind().params["d"] == "2020-01-02"
     assert Template('{"heat_template_version": "newton"}').version == "2016-10-14"
+    import yaml
+    assert Template(yaml.safe_load(text)).bind().params["d"] == "2020-01-02"  # a map with date objects
 
 
 @pytest.mark.parametrize("template, path", [
@@ -278,6 +281,11 @@ def test_condition_errors(conditions, path, fragment):
     error = error_of(hot({"r": {"type": "OS::Heat::None"}}, conditions=conditions))
     assert error.path.startswith(path)
     assert fragment in error.message
+
+
+def test_unknown_condition_of_an_output_is_a_validation_error():
+    error = error_of(hot(outputs={"o": {"value": 1, "condition": "ghost"}}))
+    assert error.path == "outputs.o.condition" and "not defined" in error.message
 
 
 def test_condition_functions():

@@ -25,6 +25,9 @@ DEFAULT_ENDPOINT = "unix:///var/run/docker.sock"
 RECORD_LABEL = "org.jeroboam.resource-id"
 STACK_LABEL = "org.jeroboam.stack-id"
 CLIENT_TIMEOUT = 120  # seconds per Docker API call (an image pull is one call)
+# Fixed rather than negotiated: negotiating costs a call per client, made before the client
+# can be told to ignore the environment. Docker 20.10 and every later engine serve it.
+API_VERSION = "1.41"
 
 _STRINGS = {"type": "array", "items": {"type": "string"}}
 _TLS_KEYS = ("tls_ca_cert", "tls_client_cert", "tls_client_key")
@@ -110,7 +113,10 @@ class DockerContainer(Resource):
                 ca = paths.get("tls_ca_cert")
                 tls = TLSConfig(client_cert=client_cert, ca_cert=ca, verify=ca is not None)
             client = docker.DockerClient(base_url=props["docker_endpoint"], tls=tls or False,
-                                         timeout=CLIENT_TIMEOUT)
+                                         version=API_VERSION, timeout=CLIENT_TIMEOUT)
+            # Proxy and CA-bundle variables of the worker's environment (REQUESTS_CA_BUNDLE
+            # would replace the CA given here) have no say.
+            client.api.trust_env = False
             try:
                 yield client
             finally:

@@ -1,0 +1,196 @@
+"""Orchestration resources of the local provider: ``Jeroboam::Local::Network`` and
+``Jeroboam::Local::Node``.
+
+Both act through the process's :class:`LocalProvider`, set up from the service settings by
+:func:`configure` (the swarm driver calls it when a worker starts): where the provider keeps
+its state is an operator's choice, never a template's. Physical ids are the provider's names,
+derived from ``network_id`` / ``node_id``, so a create retried after a crash finds what the
+first attempt made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from contextlib import closing
+from pathlib import Path
+
+from jeroboam.orchestration.resources.base import Resource
+from jeroboam.pki import KeyPair
+
+from .host import InfraError, InfraTimeout
+from .images import ImageTarball, ensure_images
+from .provider import LocalProvider, NodeSpec
+
+NETWORK_TYPE = "Jeroboam::Local::Network"
+NODE_TYPE = "Jeroboam::Local::Node"
+# Bounds of a node's start (or restart) and delete, counted across retries (wall clock, kept
+# in the resource's data): the provider's checks alone would wait forever on a hung dockerd.
+START_TIMEOUT = 90
+DELETE_TIMEOUT = 60
+POLL = 0.05  # seconds between checks; a node starts in about 0.3 s
+
+_lock = threading.Lock()
+_providers: dict[str, LocalProvider] = {}
+_current: LocalProvider | None = None
+
+
+def state_dir(settings) -> str:
+    return str(Path(settings.get("server", "data_dir")) / "local")
+
+
+def prefix_for(state: str) -> str:
+    """Name prefix of a state directory: installations sharing a host (a service, its tests,
+    a benchmark) each own their names, and one's clean-up never touches another's nodes."""
+    digest = int(hashlib.sha256(str(Path(state).resolve()).encode()).hexdigest(), 16)
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return "j" + "".join(alphabet[(digest >> (6 * i)) % 36] for i in range(3))
+
+
+def configure(settings) -> LocalProvider:
+    """The provider of these settings (one per process), also the one the resources use."""
+    global _current
+    state = state_dir(settings)
+    with _lock:
+        if state not in _providers:
+            _providers[state] = LocalProvider(state, prefix=prefix_for(state))
+        _current = _providers[state]
+        return _current
+
+
+def current() -> LocalProvider:
+    if _current is None:
+        raise InfraError("local provider", "not set up in this process (the swarm_local "
+                         "driver sets it up when a worker starts; is it disabled?)")
+    return _current
+
+
+def _deadline(data: dict, key: str, timeout: float, step: str, what: str) -> None:
+    started = data.setdefault(key, time.time())
+    if time.time() - started > timeout:
+        raise InfraTimeout(step, f"{what}: not done after {timeout:g} s")
+
+
+class Network(Resource):
+    """A bridge with its own /24 (the host holds .1); nodes attach to it."""
+
+    type_name = NETWORK_TYPE
+    properties_schema = {
+        "type": "object", "additionalProperties": False, "required": ["network_id"],
+        "properties": {
+            "network_id": {"type": "string", "minLength": 1},
+            "subnet": {"type": "string", "description": "a /24 to use instead of a free one"},
+        },
+    }
+    attributes_schema = {
+        "name": "The bridge's name.", "network_id": "The network id.",
+        "subnet": "The network's subnet.", "gateway": "The host's address on it.",
+    }
+
+    def create(self):
+        return current().create_network(self.properties["network_id"],
+                                        self.properties.get("subnet")).name
+
+    def delete(self):
+        provider = current()
+        if provider.get_network(self.properties["network_id"]) is not None:
+            provider.delete_network(self.properties["network_id"])
+
+    def check_delete_complete(self):
+        return current().network_deleted(self.properties["network_id"])
+
+    def get_attributes(self):
+        info = current().get_network(self.properties["network_id"])
+        return {"name": info.name, "network_id": info.network_id, "subnet": info.subnet,
+                "gateway": info.gateway}
+
+
+class Node(Resource):
+    """A node: network namespace plus its own dockerd serving TLS with a certificate from
+    ``ca_cert``/``ca_key``. A CA change restarts dockerd with a certificate from the new CA;
+    an ``images`` change imports the new tarballs; other changes replace the node."""
+
+    type_name = NODE_TYPE
+    properties_schema = {
+        "type": "object", "additionalProperties": False,
+        "required": ["node_id", "network", "ca_cert", "ca_key"],
+        "properties": {
+            "node_id": {"type": "string", "minLength": 1},
+            "network": {"type": "string", "minLength": 1, "description": "a network_id"},
+            "hostname": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9-]{0,62}$"},
+            "ca_cert": {"type": "string", "update_allowed": True},
+            "ca_key": {"type": "string", "update_allowed": True},
+            "images": {
+                "type": "array", "default": [], "update_allowed": True,
+                "items": {"type": "object", "additionalProperties": False, "required": ["path"],
+                          "properties": {"path": {"type": "string"}, "name": {"type": "string"}}},
+            },
+        },
+    }
+    attributes_schema = {
+        "name": "The node's name (netns, cgroup parent).", "hostname": "The node's hostname.",
+        "address": "The node's IP address.", "api_address": "tcp://address:2376 (TLS).",
+        "mac": "The MAC address of its eth0.", "socket": "The dockerd's unix socket on the host.",
+    }
+
+    def _name(self) -> str:
+        return self.physical_id or current().node_name(self.properties["node_id"])
+
+    def _ca(self) -> KeyPair:
+        return KeyPair(self.properties["ca_cert"], self.properties["ca_key"])
+
+    def _images(self) -> tuple[ImageTarball, ...]:
+        return tuple(ImageTarball(i["path"], i.get("name")) for i in self.properties["images"])
+
+    def create(self):
+        props = self.properties
+        self.data.pop("started", None)
+        spec = NodeSpec(props["node_id"], props["network"], props.get("hostname"), self._images())
+        return current().create_node(spec, self._ca()).name
+
+    def _started(self, key: str) -> bool:
+        if current().check_node_create(self._name()):
+            self.data.pop(key, None)
+            return True
+        _deadline(self.data, key, START_TIMEOUT, "start node", self._name())
+        self.poll_after = POLL
+        return False
+
+    def check_create_complete(self):
+        return self._started("started")
+
+    def update(self, old_properties, changed):
+        provider = current()
+        info = provider.get_node(self._name())
+        if info is None:
+            raise InfraError("update node", f"{self._name()}: no such node")
+        self.data.pop("restarted", None)
+        if {"ca_cert", "ca_key"} & changed:
+            # idempotent: a node already restarted with this CA (a rolling rotation, or a
+            # retry) keeps running
+            issued_by = Path(info.state_dir, "tls", "ca.pem").read_text()
+            if issued_by != self.properties["ca_cert"]:
+                provider.restart_node(info.name, ca=self._ca())
+
+    def check_update_complete(self):
+        if not self._started("restarted"):
+            return False
+        with closing(current().get_node(self._name()).client()) as client:
+            ensure_images(client, list(self._images()))
+        return True
+
+    def delete(self):
+        self.data.pop("deleting", None)
+        current().delete_node(self._name())
+
+    def check_delete_complete(self):
+        if current().check_node_delete(self._name()):
+            return True
+        _deadline(self.data, "deleting", DELETE_TIMEOUT, "delete node", self._name())
+        self.poll_after = POLL
+        return False
+
+    def get_attributes(self):
+        info = current().get_node(self._name())
+        return info.attributes() if info else {}

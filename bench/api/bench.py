@@ -7,10 +7,19 @@ prints req/s, p50, p99 and the server's CPU-ms per request (utime+stime of the
 server process and all its descendants, read from /proc before and after), next
 to the issue's targets and Magnum 23.0.0's figures.
 
+Templates are made with the real swarm driver's template (image jeroboam-node,
+server_type local) when a loaded driver serves it; otherwise with the test-only
+driver from tests/plugins (put on the server's PYTHONPATH), and the output says so.
+
+The machine may be shared: the `other` column shows the CPU that processes other
+than the server, PostgreSQL and wrk used during a case. Before each case the bench
+waits (a little) for a quiet machine and measures a noisy case once more, keeping
+the cleaner run, within a total budget of extra time (--noise-budget).
+
 Everything it starts is stopped by PID; its temporary directories and the
 PostgreSQL database it creates are removed, also on failure.
 
-    bash bench/api/run.sh [--duration 7] [--only sqlite|postgres] [--json out.json]
+    bash bench/api/run.sh [--duration 6] [--only sqlite|postgres] [--json out.json]
 """
 
 from __future__ import annotations
@@ -114,6 +123,24 @@ def system_busy_ms() -> float:
         fields = [int(x) for x in f.readline().split()[1:]]
     # user nice system idle iowait irq softirq steal (guest time is already in user)
     return (sum(fields[:8]) - fields[3] - fields[4]) * 1000.0 / CLK_TCK
+
+
+def postgres_cpu_ms() -> float:
+    """CPU time of every PostgreSQL server process on the machine (backends, and exited ones via cutime)."""
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        if raw[raw.index("(") + 1:raw.rindex(")")] != "postgres":
+            continue
+        fields = raw[raw.rindex(")") + 2:].split()
+        ticks += sum(int(x) for x in fields[11:15])
+    return ticks * 1000.0 / CLK_TCK
 
 
 def tree_cpu_ms(root: int) -> float:
@@ -319,16 +346,40 @@ def run_wrk(port: int, op: str, conc: int, duration: int, extra_env: dict) -> di
     raise BenchError(f"no result from wrk:\n{out.stdout}\n{out.stderr}")
 
 
-def measure(server: Server, port: int, op: str, conc: int, duration: int, warmup: int, extra_env: dict) -> dict:
+# Extra seconds the bench may spend, in all, waiting for a quiet machine and measuring noisy cases again.
+BUDGET = {"left": 0.0}
+
+
+def wait_quiet(limit: float, noise: float) -> float:
+    """Wait (up to `limit` s) until the machine is quiet: fewer than `noise` cores busy over 0.5 s."""
+    deadline = time.monotonic() + limit
+    while True:
+        busy0 = system_busy_ms()
+        time.sleep(0.5)
+        busy = (system_busy_ms() - busy0) / 500
+        if busy < noise or time.monotonic() >= deadline:
+            return busy
+        time.sleep(0.5)
+
+
+def measure(server: Server, port: int, op: str, conc: int, duration: int, warmup: int, extra_env: dict,
+            quiet_wait: float = 0, noise: float = 1.0) -> dict:
+    if quiet_wait > 0:
+        t0 = time.monotonic()
+        busy = wait_quiet(quiet_wait, noise)
+        waited = time.monotonic() - t0
+        BUDGET["left"] -= max(0.0, waited - 0.5)
+        if busy >= noise:
+            log(f"the machine stayed busy ({busy:.2f} cores) for {waited:.0f}s; measuring anyway")
     if warmup:
         run_wrk(port, op, conc, warmup, {**extra_env, "BENCH_PREFIX": f"warm-{op}-c{conc}"})
-    cpu0, busy0 = tree_cpu_ms(server.pid), system_busy_ms()
+    cpu0, busy0, db0 = tree_cpu_ms(server.pid), system_busy_ms(), postgres_cpu_ms()
     wall0 = time.monotonic()
-    res = run_wrk(port, op, conc, duration, {**extra_env, "BENCH_PREFIX": f"{op}-c{conc}"})
+    res = run_wrk(port, op, conc, duration, {**extra_env, "BENCH_PREFIX": f"{op}-c{conc}-{time.monotonic_ns()}"})
     wall = time.monotonic() - wall0
-    cpu, busy = tree_cpu_ms(server.pid) - cpu0, system_busy_ms() - busy0
-    # Everything else busy meanwhile: the database server (PostgreSQL), and any other load on the machine.
-    other = max(0.0, busy - cpu - res["wrk_cpu_ms"])
+    cpu, busy, db = tree_cpu_ms(server.pid) - cpu0, system_busy_ms() - busy0, postgres_cpu_ms() - db0
+    # Everything else busy meanwhile: other load on a shared machine (it skews the figures).
+    other = max(0.0, busy - cpu - res["wrk_cpu_ms"] - db)
     if not server.alive():
         raise BenchError(f"server died during {op} c={conc}:\n{server.tail()}")
     n = res["requests"]
@@ -340,6 +391,7 @@ def measure(server: Server, port: int, op: str, conc: int, duration: int, warmup
         "p99_ms": res["latency_us"]["p99"] / 1000, "max_ms": res["latency_us"]["max"] / 1000,
         "cpu_ms_per_req": cpu / n if n else 0.0, "server_cores": cpu / 1000 / wall,
         "wrk_cores": res["wrk_cpu_ms"] / 1000 / wall, "other_cores": other / 1000 / wall,
+        "db_cpu_ms_per_req": db / n if n else 0.0, "db_cores": db / 1000 / wall,
         "errors": errors, "error_detail": res["errors"], "bytes_per_req": res["bytes"] / n if n else 0,
     }
 
@@ -360,7 +412,7 @@ def bench_backend(name: str, database: str | None, args, tmp: Path) -> dict:
             up.stop()
         if rc != 0:
             raise BenchError(f"jeroboam db upgrade failed:\n{up.tail()}")
-    serve = ["serve", "--api-workers", "2", "--bind", f"127.0.0.1:{port}", "--data-dir", str(data)]
+    serve = ["serve", "--api-workers", str(args.api_workers), "--bind", f"127.0.0.1:{port}", "--data-dir", str(data)]
     if database:
         serve += ["--database", database]
     log(f"{name}: starting: jeroboam {' '.join(serve)}")
@@ -386,16 +438,31 @@ def bench_backend(name: str, database: str | None, args, tmp: Path) -> dict:
         # show and list first, so that list sees exactly the seeded templates.
         for op in OPS:
             for conc in CONCURRENCY:
-                row = measure(server, port, op, conc, args.duration, args.warmup, extra)
+                row = measure(server, port, op, conc, args.duration, args.warmup, extra,
+                              min(args.quiet_wait, BUDGET["left"]), args.noise)
+                row["attempts"] = 1
+                # On a shared machine, measure again when something else ate the cores; keep the cleaner run.
+                while (row["other_cores"] > args.noise and row["attempts"] <= args.retries
+                       and BUDGET["left"] >= args.duration):
+                    log(f"{name}: {op} c={conc}: other load {row['other_cores']:.2f} cores; measuring again")
+                    BUDGET["left"] -= args.duration + 1
+                    again = measure(server, port, op, conc, args.duration, 0, extra,
+                                    min(args.quiet_wait, BUDGET["left"]), args.noise)
+                    again["attempts"] = row["attempts"] + 1
+                    row = again if again["other_cores"] < row["other_cores"] else {**row, "attempts": again["attempts"]}
                 log(f"{name}: {op:6} c={conc}: {row['rps']:8.1f} req/s  p50 {row['p50_ms']:.2f} ms  "
                     f"p99 {row['p99_ms']:.2f} ms  {row['cpu_ms_per_req']:.2f} CPU-ms/req  errors {row['errors']}")
                 rows.append(row)
-        return {"backend": name, "driver": driver_note, "rows": rows, "procs": len(procs)}
+        result = {"backend": name, "driver": driver_note, "rows": rows, "procs": len(procs),
+                  "requests": sum(r["requests"] for r in rows)}
     except BaseException:
         print(f"--- last lines of the {name} server log ---\n{server.tail()}", file=sys.stderr)
         raise
     finally:
         server.stop()
+    with open(server.log_path, "rb") as f:
+        result["access_lines"] = sum(1 for line in f if b" request_id=req-" in line)
+    return result
 
 
 class PgDatabase:
@@ -448,12 +515,18 @@ def verdict(backend: str, row: dict) -> tuple[str, str, str, str]:
 def table(result: dict) -> str:
     backend = result["backend"]
     head = (f"{'op':<7}{'c':>2} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU-ms/req':>10} {'srv cores':>9} "
-            f"{'wrk':>5} {'other':>5} {'errors':>6}  {'target (c=8)':<24} {'Magnum 23.0.0 (c=8)':<34} {'vs Magnum':>9}  verdict")
-    lines = [f"== {backend} ==  ({result['driver']})", head, "-" * len(head)]
+            f"{'db ms/req':>9} {'wrk':>5} {'other':>5} {'errors':>6}  {'target (c=8)':<24} {'Magnum 23.0.0 (c=8)':<34} {'vs Magnum':>9}  verdict")
+    lines = [f"== {backend} ==  ({result['driver']})"]
+    if result.get("access_lines", 0) < result.get("requests", 0):
+        lines.append(f"   note: the server wrote {result.get('access_lines', 0)} access log lines for "
+                     f"{result.get('requests', 0)} measured requests: its API processes logged no request lines, "
+                     f"so these figures do not include that cost")
+    lines += [head, "-" * len(head)]
     for row in result["rows"]:
         tgt, mag, ratio, word = verdict(backend, row)
+        db = f"{row['db_cpu_ms_per_req']:.2f}" if backend == "postgres" else "-"
         lines.append(f"{row['op']:<7}{row['c']:>2} {row['rps']:>9.1f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
-                     f"{row['cpu_ms_per_req']:>10.2f} {row['server_cores']:>9.2f} {row['wrk_cores']:>5.2f} "
+                     f"{row['cpu_ms_per_req']:>10.2f} {row['server_cores']:>9.2f} {db:>9} {row['wrk_cores']:>5.2f} "
                      f"{row['other_cores']:>5.2f} {row['errors']:>6}  "
                      f"{tgt:<24} {mag:<34} {ratio:>9}  {word}")
     return "\n".join(lines)
@@ -475,7 +548,7 @@ def machine() -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=int, default=7, help="seconds measured per case (default 7)")
+    p.add_argument("--duration", type=int, default=6, help="seconds measured per case (default 6)")
     p.add_argument("--warmup", type=int, default=1, help="seconds of unmeasured load before each case (default 1)")
     p.add_argument("--templates", type=int, default=1000, help="templates seeded (default 1000)")
     p.add_argument("--only", choices=["sqlite", "postgres"], help="run one backend only")
@@ -483,6 +556,16 @@ def main(argv=None) -> int:
                                                         "postgresql://postgres@127.0.0.1/postgres"),
                    help="admin URL of a PostgreSQL server (default $JEROBOAM_TEST_POSTGRES or "
                         "postgresql://postgres@127.0.0.1/postgres)")
+    p.add_argument("--api-workers", type=int, default=2, help="API processes (default 2, as the issue asks)")
+    p.add_argument("--retries", type=int, default=1,
+                   help="measure a case again (keeping the cleaner run) this many times when other processes "
+                        "used more than --noise cores meanwhile (default 1)")
+    p.add_argument("--noise", type=float, default=0.25, help="see --retries and --quiet-wait (default 0.25 cores)")
+    p.add_argument("--quiet-wait", type=float, default=15,
+                   help="before each case, wait up to this many seconds for the machine to have fewer than "
+                        "--noise cores busy (default 15; 0 = do not wait)")
+    p.add_argument("--noise-budget", type=float, default=45,
+                   help="seconds the whole bench may spend in such waits and measurements again (default 45)")
     p.add_argument("--port", type=int, default=0, help="port to serve on (default: a free one)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--strict", action="store_true", help="exit 2 when a target is missed")
@@ -495,6 +578,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGHUP, on_signal)
 
     ensure_wrk()
+    BUDGET["left"] = args.noise_budget
     started = time.monotonic()
     busy0 = system_busy_ms()
     time.sleep(1)
@@ -525,22 +609,23 @@ def main(argv=None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     print()
-    print(f"Jeroboam API bench: `jeroboam serve --api-workers 2`, {args.templates} templates seeded, "
+    print(f"Jeroboam API bench: `jeroboam serve --api-workers {args.api_workers}`, {args.templates} templates seeded, "
           f"wrk -t1 -c1/-c8, {args.duration}s per case after {args.warmup}s warm-up; "
           f"headers X-Project-Id/X-User-Id: bench, X-Roles: admin, container-infra latest.")
-    print(f"Machine: {machine()}. Server log level: info (one access line per request). "
-          f"CPU-ms/req = utime+stime of the server process tree / requests; srv cores, wrk, other = CPU-s per "
-          f"wall-s of the server tree, of wrk, and of everything else busy meanwhile (PostgreSQL; other load).")
+    print(f"Machine: {machine()}. Server log level: info (the default; access log on). "
+          f"CPU-ms/req = utime+stime of the server process tree / requests; db ms/req = the same for the "
+          f"PostgreSQL server processes; srv cores, wrk, other = CPU-s per wall-s of the server tree, of wrk, "
+          f"and of everything else busy meanwhile (other load on a shared machine).")
     print("Targets and Magnum 23.0.0 figures are issue 2 item 9's, quoted at c=8 "
           "(uwsgi, 2 processes, MariaDB, same machine).")
     for result in results:
         print()
         print(table(result))
     noisy = [f"{res['backend']} {r['op']} c={r['c']}" for res in results for r in res["rows"]
-             if r["other_cores"] > 0.25 and res["backend"] == "sqlite"]
+             if r["other_cores"] > args.noise]
     print(f"\nmachine load before the bench: {idle_load:.2f} cores busy.")
     if noisy:
-        print("WARNING: other processes used > 0.25 cores during " + ", ".join(noisy) +
+        print(f"WARNING: other processes used > {args.noise} cores during " + ", ".join(noisy) +
               " (column `other`); the machine was shared, rerun on an idle one for clean figures.")
     print(f"total bench time {time.monotonic() - started:.0f}s")
     for f in failures:

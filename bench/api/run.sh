@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Jeroboam API bench (issue 2, item 9): SQLite, then PostgreSQL; wrk as the load generator.
-#   bash bench/api/run.sh [--duration 7] [--only sqlite|postgres] [--json FILE] [--strict]
+#   bash bench/api/run.sh [--duration 6] [--only sqlite|postgres] [--json FILE] [--strict]
 # PostgreSQL admin URL: $JEROBOAM_TEST_POSTGRES (default postgresql://postgres@127.0.0.1/postgres).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

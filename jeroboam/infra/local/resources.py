@@ -54,7 +54,10 @@ def configure(settings) -> LocalProvider:
     state = state_dir(settings)
     with _lock:
         if state not in _providers:
-            _providers[state] = LocalProvider(state, prefix=prefix_for(state))
+            try:
+                _providers[state] = LocalProvider(state, prefix=prefix_for(state))
+            except ValueError as exc:  # e.g. a data_dir too long for unix socket paths
+                raise InfraError("set up the local provider", str(exc)) from None
         _current = _providers[state]
         return _current
 
@@ -64,6 +67,27 @@ def current() -> LocalProvider:
         raise InfraError("local provider", "not set up in this process (the swarm_local "
                          "driver sets it up when a worker starts; is it disabled?)")
     return _current
+
+
+def restart_with_ca(provider: LocalProvider, name: str, ca: KeyPair) -> None:
+    """Restart the node's dockerd with a server certificate from ``ca`` unless its certificate
+    already comes from it (a retry, or a rotation that already rolled over this node); poll
+    ``check_node_create`` after."""
+    info = provider.get_node(name)
+    if info is None:
+        raise InfraError("restart node", f"{name}: no such node")
+    if Path(info.state_dir, "tls", "ca.pem").read_text() != ca.cert_pem:
+        provider.restart_node(name, ca=ca)
+
+
+def image_path(provider: LocalProvider, path: str) -> str:
+    """A tarball's path: relative to the provider's images directory, and never outside it
+    (templates are users' input; the provider reads as root)."""
+    images = (provider.state_dir / "images").resolve()
+    resolved = (images / path).resolve()
+    if not resolved.is_relative_to(images):
+        raise InfraError("import images", f"{path}: image tarballs must be in {images}")
+    return str(resolved)
 
 
 def _deadline(data: dict, key: str, timeout: float, step: str, what: str) -> None:
@@ -141,7 +165,8 @@ class Node(Resource):
         return KeyPair(self.properties["ca_cert"], self.properties["ca_key"])
 
     def _images(self) -> tuple[ImageTarball, ...]:
-        return tuple(ImageTarball(i["path"], i.get("name")) for i in self.properties["images"])
+        return tuple(ImageTarball(image_path(current(), i["path"]), i.get("name"))
+                     for i in self.properties["images"])
 
     def create(self):
         props = self.properties
@@ -161,17 +186,9 @@ class Node(Resource):
         return self._started("started")
 
     def update(self, old_properties, changed):
-        provider = current()
-        info = provider.get_node(self._name())
-        if info is None:
-            raise InfraError("update node", f"{self._name()}: no such node")
         self.data.pop("restarted", None)
         if {"ca_cert", "ca_key"} & changed:
-            # idempotent: a node already restarted with this CA (a rolling rotation, or a
-            # retry) keeps running
-            issued_by = Path(info.state_dir, "tls", "ca.pem").read_text()
-            if issued_by != self.properties["ca_cert"]:
-                provider.restart_node(info.name, ca=self._ca())
+            restart_with_ca(current(), self._name(), self._ca())
 
     def check_update_complete(self):
         if not self._started("restarted"):

@@ -88,7 +88,9 @@ def node_states(manager: docker.DockerClient) -> list[SwarmNode]:
     """Every node as the swarm sees it (the health monitor's input)."""
     return [
         SwarmNode(
-            id=n["ID"], hostname=n["Description"]["Hostname"], role=n["Spec"]["Role"],
+            id=n["ID"], role=n["Spec"]["Role"],
+            # a node that has just joined has no description yet
+            hostname=n.get("Description", {}).get("Hostname", ""),
             state=n["Status"]["State"], availability=n["Spec"]["Availability"],
             address=n["Status"].get("Addr", ""),
             leader=bool(n.get("ManagerStatus", {}).get("Leader")),

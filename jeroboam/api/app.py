@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import time
@@ -135,4 +136,9 @@ def create_app(settings: config.Settings | None = None, engine=None) -> Starlett
     disabled = settings.get("drivers", "disabled_drivers")
     app.state.drivers = lambda: Registry(disabled)
     app.state.openapi = openapi.document(all_resources)
+    # Everything loaded so far lives as long as the process: keep it out of the garbage
+    # collector's sight, so that a list of 1000 objects does not trigger full collections
+    # that walk it all (measured: 28% of a list request's time).
+    gc.collect()
+    gc.freeze()
     return RequestMiddleware(app, bool(settings.get("server", "access_log")))

@@ -77,7 +77,7 @@ def _resolve_driver(call, values: dict) -> str:
 
 def _list(call, detail: bool):
     call.state.policy.authorize("clustertemplate:detail" if detail else "clustertemplate:get_all", call.ctx)
-    stmt = sa.select(ClusterTemplate).where(visible(call.ctx))
+    stmt = sa.select(*ClusterTemplate.__table__.c).where(visible(call.ctx))
     rows, next_url = page(call, ClusterTemplate, stmt, "clustertemplates/detail" if detail else "clustertemplates")
     return listing("clustertemplates", [view(call, t) for t in rows], next_url)
 

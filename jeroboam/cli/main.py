@@ -56,11 +56,21 @@ def _run_api(settings) -> None:
     if workers > 1:
         # Child processes rebuild the settings from the environment.
         os.environ.update(settings.as_env())
-        uvicorn.run("jeroboam.api.app:create_app", factory=True, workers=workers, **common)
+        uvicorn.run("jeroboam.cli.main:api_process_app", factory=True, workers=workers, **common)
     else:
         from jeroboam.api.app import create_app
 
         uvicorn.run(create_app(settings), **common)
+
+
+def api_process_app():
+    """The app of one API worker process started by uvicorn: settings from the environment,
+    and logging set up there too, or its request lines would be lost."""
+    from jeroboam.api.app import create_app
+
+    settings = config.load()
+    _logging(settings)
+    return create_app(settings)
 
 
 def cmd_serve(args) -> int:

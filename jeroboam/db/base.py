@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import uuid
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
@@ -55,12 +56,14 @@ def _sqlite_pragmas(dbapi_conn, _record):
 
 def make_engine(url: str) -> sa.Engine:
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False})
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False}, json_deserializer=orjson.loads)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    return sa.create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # No pre-ping: it costs a round trip per request; connections are recycled instead and
+    # a dropped one fails a single request.
+    return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=300, json_deserializer=orjson.loads)
 
 
 def make_sessionmaker(engine: sa.Engine) -> sessionmaker:

@@ -131,6 +131,8 @@ def create_app(settings: config.Settings | None = None, engine=None) -> Starlett
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_sessionmaker(engine)
+    # Reads need no transaction: on PostgreSQL this saves the BEGIN and COMMIT round trips.
+    app.state.read_session_factory = make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
     app.state.policy = Policy(settings.get("auth", "policy_file"))
     app.state.auth = make_auth(settings)
     disabled = settings.get("drivers", "disabled_drivers")

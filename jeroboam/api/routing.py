@@ -111,7 +111,8 @@ class Resource:
             ctx = RequestContext(project, user, roles, request_id, version)
             query = self._check_query(endpoint, version, request)
             body = await self._check_body(endpoint, version, request)
-            with state.session_factory() as session:
+            factory = state.read_session_factory if request.method == "GET" else state.session_factory
+            with factory() as session:
                 call = Call(ctx, session, state, dict(request.path_params), query, body, base_url(request))
                 with session.begin():
                     reply = endpoint.handler(call)

@@ -36,6 +36,7 @@ class Worker:
         self.poll = float(settings.get("worker", "poll_interval"))
         self.postgres = is_postgres(engine)
         self._stop = threading.Event()
+        self._claiming = threading.Lock()
         self._threads: list[threading.Thread] = []
 
     # -- lifecycle --------------------------------------------------------------------
@@ -97,15 +98,18 @@ class Worker:
 
     def _run_loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                task = queue.claim(self.session_factory, self.name, self.lease, self.postgres)
-            except Exception:
-                LOG.exception("claim failed")
-                task = None
-            if task is None:
-                queue.work_available.wait(self.poll)
-                queue.work_available.clear()
-                continue
+            # One idle runner at a time looks at the queue: an idle worker polls once per
+            # interval, not once per thread, and the API processes beside it keep the CPU.
+            with self._claiming:
+                try:
+                    task = queue.claim(self.session_factory, self.name, self.lease, self.postgres)
+                except Exception:
+                    LOG.exception("claim failed")
+                    task = None
+                if task is None:
+                    queue.work_available.wait(self.poll)
+                    queue.work_available.clear()
+                    continue
             self.run(task)
 
     # -- running one task ---------------------------------------------------------------

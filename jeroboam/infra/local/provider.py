@@ -403,7 +403,10 @@ class LocalProvider:
                     "sh", "-c", NODE_INIT, "node-init", str(d), info.hostname,
                     f"{info.address}/{net.prefixlen}", *self._dockerd_argv(info)]
             # swarm tasks would otherwise look for their image in a registry first
-            env = {"PATH": DOCKERD_PATH, "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"}
+            # containerd dumps its stacks into TMPDIR when signalled; keep that in the node's
+            # directory, which goes with the node, not in the host's /tmp.
+            (d / "tmp").mkdir(exist_ok=True)
+            env = {"PATH": DOCKERD_PATH, "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1", "TMPDIR": str(d / "tmp")}
             with open(d / "dockerd.log", "ab") as log:
                 child = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

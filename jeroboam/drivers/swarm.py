@@ -130,7 +130,7 @@ class _ClusterStack:
         self.provider = configure(ctx.task.settings)
         # the engine's writes are fenced like the task's own: a worker whose task was taken
         # over stops at its next write
-        store = SqlStore(ctx.task.session_factory, fence=ctx.task._owned)
+        store = SqlStore(ctx.task.session_factory, fence=ctx.task.owned)
         self.engine = Engine(store, concurrency=32)
         self.cluster = ctx.cluster
         self.id = stack_id_of(self.cluster.uuid)

@@ -10,16 +10,12 @@ did not happen), and is cancelled when a cancel request stopped it.
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-
-from jeroboam import states
-from jeroboam.db.models import Task
 from jeroboam.orchestration.engine import Engine, stack_event
 from jeroboam.orchestration.errors import StackNotFound
 from jeroboam.orchestration.sql_store import SqlStore
 from jeroboam.orchestration.store import COMPLETE, DELETE, FAILED, IN_PROGRESS
 from jeroboam.tasks import registry
-from jeroboam.tasks.context import LeaseLost, TaskCancelled, TaskContext
+from jeroboam.tasks.context import TaskCancelled, TaskContext
 
 ACTIONS = {"stack.create": "CREATE", "stack.update": "UPDATE", "stack.delete": "DELETE"}
 
@@ -28,17 +24,8 @@ class StackActionFailed(Exception):
     pass
 
 
-def _fence(ctx: TaskContext):
-    def check(session) -> None:
-        owned = session.scalar(sa.select(Task.id).where(
-            Task.id == ctx.task_id, Task.worker == ctx.worker, Task.state == states.RUNNING))
-        if owned is None:
-            raise LeaseLost(f"task {ctx.task_uuid} is no longer owned by {ctx.worker}")
-    return check
-
-
 def run_stack(ctx: TaskContext) -> None:
-    engine = Engine(SqlStore(ctx.session_factory, fence=_fence(ctx)))
+    engine = Engine(SqlStore(ctx.session_factory, fence=ctx.owned))
     stack_id = ctx.resource_uuid
     cancelled = []
 

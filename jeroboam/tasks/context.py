@@ -53,7 +53,9 @@ class TaskContext:
                 sa.select(TaskStep).where(TaskStep.task_id == task.id))}
 
     # -- fencing ---------------------------------------------------------------------
-    def _owned(self, session) -> Task:
+    def owned(self, session) -> Task:
+        """The task row, when this worker still owns it; raises LeaseLost otherwise.
+        Run it inside any transaction that writes on the task's behalf (a fence)."""
         task = session.scalars(
             sa.select(Task).where(Task.id == self.task_id, Task.worker == self.worker,
                                   Task.state == states.RUNNING)
@@ -66,7 +68,7 @@ class TaskContext:
     def plan(self, step_names: list[str]) -> None:
         """Record the steps ahead, so a person watching sees what remains."""
         with self.session_factory() as session, session.begin():
-            self._owned(session)
+            self.owned(session)
             for position, name in enumerate(step_names):
                 if name not in self._steps:
                     session.add(TaskStep(task_id=self.task_id, position=position, name=name,
@@ -93,12 +95,12 @@ class TaskContext:
 
     def event(self, message: str, level: str = "info") -> None:
         with self.session_factory() as session, session.begin():
-            self._owned(session)
+            self.owned(session)
             session.add(TaskEvent(task_id=self.task_id, level=level, step=self.current_step, message=message))
 
     def check_cancel(self) -> None:
         with self.session_factory() as session:
-            task = self._owned(session)
+            task = self.owned(session)
             if task.cancel_requested:
                 raise TaskCancelled("cancelled on request")
         if self.deadline is not None and utcnow() > self.deadline:
@@ -116,7 +118,7 @@ class TaskContext:
     def _mark_step(self, name: str, event: str, error: str | None = None) -> None:
         now = utcnow()
         with self.session_factory() as session, session.begin():
-            task = self._owned(session)
+            task = self.owned(session)
             step = session.scalars(
                 sa.select(TaskStep).where(TaskStep.task_id == self.task_id, TaskStep.name == name)
             ).first()

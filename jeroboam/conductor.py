@@ -62,19 +62,22 @@ class ClusterContext:
         cluster = self.cluster
         return pki.KeyPair(cluster.ca_cert_pem, cluster.ca_key_pem)
 
-    def update_cluster(self, **fields) -> None:
+    def _write(self, statement) -> None:
+        # Fenced like every write of the task: a worker that lost its lease changes nothing.
         with self._session() as session, session.begin():
-            session.execute(sa.update(Cluster).where(Cluster.uuid == self.cluster_uuid).values(**fields))
+            self.task.owned(session)
+            session.execute(statement)
+
+    def update_cluster(self, **fields) -> None:
+        self._write(sa.update(Cluster).where(Cluster.uuid == self.cluster_uuid).values(**fields))
 
     def update_nodegroup(self, nodegroup_uuid: str, **fields) -> None:
-        with self._session() as session, session.begin():
-            session.execute(sa.update(NodeGroup).where(NodeGroup.uuid == nodegroup_uuid).values(**fields))
+        self._write(sa.update(NodeGroup).where(NodeGroup.uuid == nodegroup_uuid).values(**fields))
 
     def save_payload(self, **values) -> None:
         """Keep values a re-run of this task must reuse (e.g. a generated key) with the task."""
         self.payload.update(values)
-        with self._session() as session, session.begin():
-            session.execute(sa.update(Task).where(Task.id == self.task.task_id).values(payload=self.payload))
+        self._write(sa.update(Task).where(Task.id == self.task.task_id).values(payload=self.payload))
 
 
 def driver_for(ctx: "ClusterContext"):

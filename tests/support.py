@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -81,6 +82,25 @@ def wait_http(url: str, proc: Process, timeout: float = 30) -> None:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer within {timeout}s:\n{proc.output()}")
+
+
+@contextlib.contextmanager
+def split_service(env: dict, data: Path, workers: list[str], api_args: list[str] = ()):
+    """The scaled-out shape: `db upgrade`, then `jeroboam api` and named `jeroboam worker`s.
+    Yields (url, {name: Process}); every process is stopped at the end."""
+    upgrade = Process(["db", "upgrade"], env, data / "upgrade.log")
+    assert upgrade.proc.wait(60) == 0, upgrade.output()
+    port = free_port()
+    procs = {"api": Process(["api", "--bind", f"127.0.0.1:{port}", *api_args], env, data / "api.log")}
+    for name in workers:
+        procs[name] = Process(["worker", "--name", name], env, data / f"{name}.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url, procs["api"])
+        yield url, procs
+    finally:
+        for proc in procs.values():
+            proc.stop()
 
 
 class Api:

@@ -7,7 +7,7 @@ import uuid
 import psycopg
 import pytest
 
-from tests.support import Api, Process, base_env, free_port, wait_http
+from tests.support import Api, Process, base_env, split_service
 
 ADMIN_URL = os.environ.get("JEROBOAM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1/postgres")
 
@@ -29,19 +29,8 @@ def cluster_of_processes(database, tmp_path_factory):
     data = tmp_path_factory.mktemp("pg")
     env = base_env(data, JEROBOAM_SERVER_DATABASE=database, JEROBOAM_WORKER_LEASE_SECONDS="2",
                    JEROBOAM_WORKER_SERVICE_DOWN_SECONDS="2", JEROBOAM_WORKER_THREADS="2")
-    upgrade = Process(["db", "upgrade"], env, data / "upgrade.log")
-    assert upgrade.proc.wait(60) == 0, upgrade.output()
-    port = free_port()
-    procs = {"api": Process(["api", "--bind", f"127.0.0.1:{port}", "--api-workers", "2"], env, data / "api.log")}
-    for name in ("w1", "w2"):
-        procs[name] = Process(["worker", "--name", name], env, data / f"{name}.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url, procs["api"])
+    with split_service(env, data, ["w1", "w2"], ["--api-workers", "2"]) as (url, procs):
         yield url, procs, env, data
-    finally:
-        for proc in procs.values():
-            proc.stop()
 
 
 def test_two_workers_share_the_queue(cluster_of_processes):

@@ -86,8 +86,8 @@ def log(msg: str) -> None:
 # --- processes --------------------------------------------------------------------------------------------
 
 
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, utime+stime+cutime+cstime in ticks) for every process visible in /proc."""
+def _proc_table() -> dict[int, tuple[str, int, int]]:
+    """pid -> (command name, ppid, utime+stime+cutime+cstime in ticks) for every process in /proc."""
     table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -99,14 +99,15 @@ def _proc_table() -> dict[int, tuple[int, int]]:
             continue
         fields = raw[raw.rindex(")") + 2:].split()
         # fields[0] is field 3 (state): ppid is field 4, utime..cstime are fields 14..17.
-        table[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
+        table[int(entry)] = (raw[raw.index("(") + 1:raw.rindex(")")], int(fields[1]),
+                             sum(int(x) for x in fields[11:15]))
     return table
 
 
-def descendants(root: int) -> list[int]:
-    table = _proc_table()
+def descendants(root: int, table: dict | None = None) -> list[int]:
+    table = _proc_table() if table is None else table
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
+    for pid, (_, ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
     out, todo = [], [root]
     while todo:
@@ -127,34 +128,14 @@ def system_busy_ms() -> float:
 
 def postgres_cpu_ms() -> float:
     """CPU time of every PostgreSQL server process on the machine (backends, and exited ones via cutime)."""
-    ticks = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        if raw[raw.index("(") + 1:raw.rindex(")")] != "postgres":
-            continue
-        fields = raw[raw.rindex(")") + 2:].split()
-        ticks += sum(int(x) for x in fields[11:15])
+    ticks = sum(t for name, _, t in _proc_table().values() if name == "postgres")
     return ticks * 1000.0 / CLK_TCK
 
 
 def tree_cpu_ms(root: int) -> float:
     """CPU time of a process and all its descendants (all threads; reaped children via cutime/cstime)."""
     table = _proc_table()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    ticks, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        if pid in table:
-            ticks += table[pid][1]
-        todo.extend(children.get(pid, []))
+    ticks = sum(table[pid][2] for pid in [root, *descendants(root, table)] if pid in table)
     return ticks * 1000.0 / CLK_TCK
 
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from jeroboam import pki, states
 from jeroboam.api import patch, schemas
 from jeroboam.api.clustertemplates import lookup as lookup_template
-from jeroboam.api.common import find_one, iso, listing, page
+from jeroboam.api.common import find_one, is_uuid, iso, listing, page
 from jeroboam.api.errors import BadRequest, Conflict, Forbidden, NotFound
 from jeroboam.api.routing import Endpoint, Reply, Resource
 from jeroboam.db.models import Cluster, ClusterTemplate, NodeGroup, Quota
@@ -94,9 +94,11 @@ def default_group(groups, role: str = "worker") -> NodeGroup:
 
 
 def find_nodegroup(session, cluster, ident: str) -> NodeGroup:
-    column = NodeGroup.id if ident.isdigit() else (NodeGroup.uuid if len(ident) == 36 else NodeGroup.name)
-    group = session.scalars(sa.select(NodeGroup).where(NodeGroup.cluster_id == cluster.uuid,
-                                                       column == (int(ident) if ident.isdigit() else ident))).first()
+    if ident.isdigit():
+        match = NodeGroup.id == int(ident)
+    else:
+        match = (NodeGroup.uuid if is_uuid(ident) else NodeGroup.name) == ident
+    group = session.scalars(sa.select(NodeGroup).where(NodeGroup.cluster_id == cluster.uuid, match)).first()
     if group is None:
         raise NotFound(f"Nodegroup {ident} could not be found.")
     return group
@@ -120,10 +122,7 @@ def start(cluster, event: str) -> None:
 
 def accepted(call, cluster, action: str, payload: dict | None = None) -> Reply:
     """Queue the task for `action` and answer 202 {"uuid"} naming the task in Location."""
-    task = queue.enqueue(call.session, action, "cluster", cluster.uuid, call.ctx.project_id, call.ctx.user_id,
-                         payload)
-    call.enqueued = True
-    return Reply({"uuid": cluster.uuid}, 202, {"Location": f"{call.base_url}/v1/tasks/{task.uuid}"})
+    return Reply({"uuid": cluster.uuid}, 202, call.queue_task(action, "cluster", cluster.uuid, payload))
 
 
 # -- handlers -------------------------------------------------------------------------------------
@@ -273,8 +272,7 @@ def delete(call):
     cluster.status = states.CLUSTER.next(cluster.status, "delete")
     cluster.status_reason = None
     queue.cancel_unfinished(call.session, cluster.uuid, CANCELLED_BY_DELETE)
-    reply = accepted(call, cluster, "cluster.delete")
-    return Reply(None, 204, {"Location": reply.headers["Location"]})
+    return Reply(None, 204, call.queue_task("cluster.delete", "cluster", cluster.uuid))
 
 
 def resize(call):

@@ -31,6 +31,15 @@ def find_one(session, model, ident: str, scope, kind: str, plural: str):
     return rows[0]
 
 
+def filter_equal(stmt, query: dict, columns: dict):
+    """Narrow `stmt` to rows whose column equals each query value given; returns the
+    statement and the filters used (a `next` link must repeat them)."""
+    filters = {name: query[name] for name in columns if name in query}
+    for name, value in filters.items():
+        stmt = stmt.where(columns[name] == value)
+    return stmt, filters
+
+
 def page(call, model, stmt, path: str, marker_column: str = "uuid", extra_query: dict | None = None):
     """Apply limit/marker/sort_key/sort_dir to `stmt`; returns (rows, next_url or None).
 

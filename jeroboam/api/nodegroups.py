@@ -12,7 +12,6 @@ from jeroboam.api.errors import BadRequest, Conflict
 from jeroboam.api.routing import Endpoint, Reply, Resource
 from jeroboam.api.validation import Body
 from jeroboam.db.models import ClusterTemplate, NodeGroup
-from jeroboam.tasks import queue
 
 LIST_FIELDS = ["uuid", "name", "flavor_id", "node_count", "role", "is_default", "image_id", "status", "stack_id"]
 FIELDS = ["id", "uuid", "name", "cluster_id", "project_id", "role", "is_default", "node_count", "min_node_count",
@@ -121,15 +120,11 @@ def create(call):
                       is_default=False, status=states.NODEGROUP.next(None, "create"), **values)
     call.session.add(group)
     call.session.flush()
-    reply = _queue(call, cluster, group, "nodegroup.create")
-    return Reply(view(call, cluster, group), 202, reply.headers)
+    return Reply(view(call, cluster, group), 202, _queue(call, cluster, group, "nodegroup.create"))
 
 
-def _queue(call, cluster, group, action: str, payload: dict | None = None) -> Reply:
-    task = queue.enqueue(call.session, action, "nodegroup", group.uuid, call.ctx.project_id, call.ctx.user_id,
-                         {"cluster_uuid": cluster.uuid, "nodegroup": group.uuid, **(payload or {})})
-    call.enqueued = True
-    return Reply(None, 202, {"Location": f"{call.base_url}/v1/tasks/{task.uuid}"})
+def _queue(call, cluster, group, action: str) -> dict:
+    return call.queue_task(action, "nodegroup", group.uuid, {"cluster_uuid": cluster.uuid, "nodegroup": group.uuid})
 
 
 def update(call):
@@ -145,8 +140,7 @@ def update(call):
     start(cluster, "update")
     group.status = states.NODEGROUP.next(group.status, "update")
     call.session.flush()
-    reply = _queue(call, cluster, group, "nodegroup.update")
-    return Reply(view(call, cluster, group), 202, reply.headers)
+    return Reply(view(call, cluster, group), 202, _queue(call, cluster, group, "nodegroup.update"))
 
 
 def delete(call):
@@ -156,8 +150,7 @@ def delete(call):
         raise BadRequest("Deleting a default nodegroup is not supported.")
     start(cluster, "update")
     group.status = states.NODEGROUP.next(group.status, "delete")
-    reply = _queue(call, cluster, group, "nodegroup.delete")
-    return Reply(None, 204, reply.headers)
+    return Reply(None, 204, _queue(call, cluster, group, "nodegroup.delete"))
 
 
 NODEGROUP_RESPONSE = {"$ref": "#/components/schemas/NodeGroup"}

@@ -57,6 +57,13 @@ class Call:
     def version(self) -> tuple[int, int]:
         return self.ctx.version
 
+    def queue_task(self, action: str, resource_type: str, resource_uuid: str, payload: dict | None = None) -> dict:
+        """Queue a task in this request's transaction; returns the header naming it."""
+        task = queue.enqueue(self.session, action, resource_type, resource_uuid, self.ctx.project_id,
+                             self.ctx.user_id, payload)
+        self.enqueued = True
+        return {"Location": f"{self.base_url}/v1/tasks/{task.uuid}"}
+
     def link(self, resource: str, ident: str) -> list[dict]:
         return [{"href": f"{self.base_url}/v1/{resource}/{ident}", "rel": "self"},
                 {"href": f"{self.base_url}/{resource}/{ident}", "rel": "bookmark"}]

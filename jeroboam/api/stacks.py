@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from jeroboam.api import schemas
-from jeroboam.api.common import find_one, iso, listing, page
+from jeroboam.api.common import filter_equal, find_one, iso, listing, page
 from jeroboam.api.errors import BadRequest, Conflict, NotFound
 from jeroboam.api.routing import Endpoint, Reply, Resource
 from jeroboam.api.validation import Body, Query
@@ -157,9 +157,7 @@ def _invalid(exc: TemplateError) -> BadRequest:
 
 
 def _accepted(call, stack_id: str, action: str, body=None, status: int = 202) -> Reply:
-    task = queue.enqueue(call.session, action, "stack", stack_id, call.ctx.project_id, call.ctx.user_id)
-    call.enqueued = True
-    return Reply(body, status, {"Location": f"{call.base_url}/v1/tasks/{task.uuid}"})
+    return Reply(body, status, call.queue_task(action, "stack", stack_id))
 
 
 # -- handlers --------------------------------------------------------------------------------------
@@ -167,12 +165,9 @@ def _accepted(call, stack_id: str, action: str, body=None, status: int = 202) ->
 def list_stacks(call):
     call.state.policy.authorize("stack:get_all", call.ctx)
     stmt = sa.select(Stack).where(visible(call.ctx))
-    filters = {k: call.query[k] for k in ("name", "action", "status") if k in call.query}
-    if "name" in filters:
-        stmt = stmt.where(Stack.name == filters["name"])
-    if "action" in filters:
-        stmt = stmt.where(Stack.action == filters["action"])
-    if "status" in filters:
+    stmt, filters = filter_equal(stmt, call.query, {"name": Stack.name, "action": Stack.action})
+    if "status" in call.query:
+        filters["status"] = call.query["status"]
         stmt = stmt.where(_status_filter(filters["status"], Stack.action, Stack.status))
     _sort_key(call, SORT_KEYS)
     rows, next_url = page(call, Stack, stmt, "stacks", extra_query=filters)
@@ -263,15 +258,11 @@ def show_resource(call):
 def list_events(call):
     row = lookup(call, "stack:get")
     stmt = sa.select(StackEvent).where(StackEvent.stack_id == row.uuid)
-    filters = {k: call.query[k] for k in ("resource_name", "resource_action", "resource_status", "resource_type")
-               if k in call.query}
-    if "resource_name" in filters:
-        stmt = stmt.where(StackEvent.resource_name == filters["resource_name"])
-    if "resource_action" in filters:
-        stmt = stmt.where(StackEvent.action == filters["resource_action"])
-    if "resource_type" in filters:
-        stmt = stmt.where(StackEvent.resource_type == filters["resource_type"])
-    if "resource_status" in filters:
+    stmt, filters = filter_equal(stmt, call.query, {"resource_name": StackEvent.resource_name,
+                                                    "resource_action": StackEvent.action,
+                                                    "resource_type": StackEvent.resource_type})
+    if "resource_status" in call.query:
+        filters["resource_status"] = call.query["resource_status"]
         stmt = stmt.where(_status_filter(filters["resource_status"], StackEvent.action, StackEvent.status))
     _sort_key(call, {"event_time": "time"})
     if call.query.get("sort_key", "id") not in ("id", "time"):

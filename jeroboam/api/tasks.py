@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from jeroboam import states
 from jeroboam.api import schemas
-from jeroboam.api.common import iso, listing, page
+from jeroboam.api.common import filter_equal, iso, listing, page
 from jeroboam.api.errors import BadRequest, Conflict, NotFound
 from jeroboam.api.routing import Endpoint, Reply, Resource
 from jeroboam.db.base import utcnow
@@ -62,9 +62,8 @@ def lookup(call) -> Task:
 def list_tasks(call):
     call.state.policy.authorize("task:get_all", call.ctx)
     stmt = sa.select(Task).where(visible(call.ctx))
-    filters = {k: call.query[k] for k in ("resource_uuid", "action", "state") if k in call.query}
-    for name, value in filters.items():
-        stmt = stmt.where(getattr(Task, name) == value)
+    stmt, filters = filter_equal(stmt, call.query, {"resource_uuid": Task.resource_uuid, "action": Task.action,
+                                                    "state": Task.state})
     rows, next_url = page(call, Task, stmt, "tasks", extra_query=filters)
     return listing("tasks", [summary(call, t) for t in rows], next_url)
 

@@ -40,11 +40,7 @@ def coerce(schema: dict, value):
 
 
 def _stringify(value):
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, (int, float)):
-        return str(value)
-    return value
+    return str(value) if isinstance(value, (bool, int, float)) else value
 
 
 def _message(error) -> str:

@@ -108,6 +108,12 @@ def service(host):
         close_service(svc)
 
 
+@pytest.fixture(scope="module")
+def magnum(service):
+    """python-magnumclient on the module's service (a module may bring its own `service`)."""
+    return service.magnum()
+
+
 def wait_for(fn, timeout: float, what: str, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while True:

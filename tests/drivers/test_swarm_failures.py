@@ -12,11 +12,6 @@ from jeroboam.drivers.swarm import stack_id_of
 from tests.drivers.conftest import delete_cluster, wait_for, wait_status
 
 
-@pytest.fixture(scope="module")
-def magnum(service):
-    return service.magnum()
-
-
 @pytest.fixture
 def new_cluster(magnum):
     made = []

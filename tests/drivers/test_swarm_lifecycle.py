@@ -25,11 +25,6 @@ OPENSTACK = str(Path(sys.executable).with_name("openstack"))
 
 
 @pytest.fixture(scope="module")
-def magnum(service):
-    return service.magnum()
-
-
-@pytest.fixture(scope="module")
 def cluster(service, magnum):
     template = magnum.cluster_templates.create(name="swarm", coe="swarm-mode",
                                                image_id="jeroboam-node", server_type="local")

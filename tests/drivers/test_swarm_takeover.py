@@ -37,11 +37,6 @@ def service(host, database):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def magnum(service):
-    return service.magnum()
-
-
-@pytest.fixture(scope="module")
 def cluster(service, magnum):
     template = magnum.cluster_templates.create(name="swarm", coe="swarm-mode",
                                                image_id="jeroboam-node", server_type="local")

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tests.support import Api, Process, base_env, free_port, wait_http
+from tests.support import Api, Process, base_env, split_service
 
 E1_YAML = """
 heat_template_version: 2018-08-31
@@ -182,18 +182,8 @@ def test_openapi_documents_the_stacks_api(alice):
 @pytest.fixture
 def api_and_workers(tmp_path):
     env = base_env(tmp_path, JEROBOAM_WORKER_LEASE_SECONDS="2", JEROBOAM_WORKER_THREADS="2")
-    upgrade = Process(["db", "upgrade"], env, tmp_path / "upgrade.log")
-    assert upgrade.proc.wait(60) == 0, upgrade.output()
-    port = free_port()
-    procs = {"api": Process(["api", "--bind", f"127.0.0.1:{port}"], env, tmp_path / "api.log")}
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url, procs["api"])
-        procs["w1"] = Process(["worker", "--name", "w1"], env, tmp_path / "w1.log")
+    with split_service(env, tmp_path, ["w1"]) as (url, procs):
         yield url, procs, env, tmp_path
-    finally:
-        for proc in procs.values():
-            proc.stop()
 
 
 def test_a_sigkilled_worker_leaves_a_stack_another_finishes(api_and_workers):

@@ -71,16 +71,16 @@ def test_nodegroup_create_and_resize_take_turns(alice, first):
     assert (groups["extra"]["status"], groups["default-worker"]["status"]) == ("CREATE_COMPLETE", "UPDATE_COMPLETE")
 
 
-def test_delete_queues_behind_nodegroup_work_and_cancels_it(alice, tmp_path):
-    marker = tmp_path / "steps"
-    t = alice.template(labels={"test_delay": "0.4", "test_marker": str(marker)})
+def test_delete_queues_behind_nodegroup_work_and_cancels_it(alice):
+    t = alice.template(labels={"test_delay": "0.4"})
     cluster, _ = alice.cluster(t["uuid"])
     alice.wait_cluster(cluster, {"CREATE_COMPLETE"})
     created = task_of(alice.post(f"/v1/clusters/{cluster}/nodegroups", json={"name": "extra"}))
     alice.wait_task(created, states=("RUNNING",))
     deleted = task_of(alice.delete(f"/v1/clusters/{cluster}"))
     tasks = one_at_a_time(alice, [created, deleted])
-    assert [t["state"] for t in tasks] == ["CANCELLED", "SUCCEEDED"]
+    # asked to stop (its one step, under way, still ends), then the delete
+    assert tasks[0]["cancel_requested"] and tasks[1]["state"] == "SUCCEEDED"
     alice.wait_cluster(cluster, {"GONE"})
 
 

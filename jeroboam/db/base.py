@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import datetime
+import logging
+import random
+import sqlite3
+import time
 import uuid
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
+
+
+LOG = logging.getLogger("jeroboam.db")
+# PostgreSQL's serialization failure and deadlock: the transaction may simply run again.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+RETRY_ATTEMPTS = 6
+RETRY_FIRST_DELAY = 0.05  # seconds, doubled at each attempt, with jitter
 
 
 class Base(DeclarativeBase):
@@ -72,3 +83,28 @@ def make_sessionmaker(engine: sa.Engine) -> sessionmaker:
 
 def is_postgres(engine: sa.Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+def is_contention(exc: BaseException) -> bool:
+    """Whether another transaction was in the way: SQLite busy or locked beyond its busy
+    timeout, a PostgreSQL serialization failure or deadlock."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
+        return True
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def retrying(transaction, attempts: int = RETRY_ATTEMPTS):
+    """Run transaction() (which opens and commits its own), again with a growing delay when
+    another transaction was in the way."""
+    for attempt in range(attempts):
+        try:
+            return transaction()
+        except sa.exc.DBAPIError as exc:
+            if attempt == attempts - 1 or not is_contention(exc):
+                raise
+            delay = RETRY_FIRST_DELAY * 2 ** attempt * (0.5 + random.random())
+            LOG.warning("database contention (%s); trying again in %.2fs", exc.orig, delay)
+            time.sleep(delay)

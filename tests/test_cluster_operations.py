@@ -50,6 +50,23 @@ def test_patch_then_resize_at_once_the_resize_decides(alice):
     assert body["node_count"] == 3
 
 
+def test_a_queued_operation_cancelled_hands_the_cluster_back(alice):
+    t = alice.template(labels={"test_delay": "0.6"})
+    cluster, _ = alice.cluster(t["uuid"], node_count=1)
+    alice.wait_cluster(cluster, {"CREATE_COMPLETE"})
+    patched = task_of(alice.patch(f"/v1/clusters/{cluster}",
+                                  json=[{"op": "replace", "path": "/node_count", "value": 3}]))
+    resized = task_of(alice.post(f"/v1/clusters/{cluster}/actions/resize", json={"node_count": 2}))
+    alice.wait_task(patched, states=("RUNNING",))
+    assert alice.post(f"/v1/tasks/{resized}/cancel").status_code == 202
+    assert alice.wait_task(resized)["state"] == "CANCELLED"
+    # the PATCH still runs, and its end is now the cluster's
+    assert alice.get(f"/v1/clusters/{cluster}").json()["status"] == "UPDATE_IN_PROGRESS"
+    assert alice.wait_task(patched)["state"] == "SUCCEEDED"
+    body = alice.get(f"/v1/clusters/{cluster}").json()
+    assert (body["status"], body["node_count"]) == ("UPDATE_COMPLETE", 3)
+
+
 @pytest.mark.parametrize("first", ["resize", "nodegroup"])
 def test_nodegroup_create_and_resize_take_turns(alice, first):
     t = alice.template(labels={"test_delay": "0.4"})

@@ -87,14 +87,16 @@ def claim(session_factory, worker: str, lease_seconds: float, postgres: bool, ba
         candidates = candidates.with_for_update(skip_locked=True, of=Task)
     with session_factory() as session, session.begin():
         for task_id in session.scalars(candidates).all():
+            # read after the candidates: a task starts after the end of the one it waited for
+            started = utcnow()
             try:
                 with session.begin_nested():
                     took = session.execute(
                         sa.update(Task)
                         .where(Task.id == task_id, claimable)
                         .values(state=states.RUNNING, worker=worker, attempts=Task.attempts + 1,
-                                lease_expires_at=now + datetime.timedelta(seconds=lease_seconds),
-                                started_at=sa.func.coalesce(Task.started_at, now))
+                                lease_expires_at=started + datetime.timedelta(seconds=lease_seconds),
+                                started_at=sa.func.coalesce(Task.started_at, started))
                         .execution_options(synchronize_session=False)
                     ).rowcount
             except IntegrityError:  # another worker has just started a task of this lock key

@@ -17,6 +17,7 @@ import requests
 from magnumclient.common import utils as magnum_utils
 
 from jeroboam.drivers.swarm import CONVERGE_STEPS, CREATE_STEPS
+from jeroboam.drivers.swarm_health import node_key
 from jeroboam.infra.local import BASE_IMAGE, tls_client
 from jeroboam.pki import KeyPair, issue_client_cert, new_ca
 from tests.drivers.conftest import delete_cluster, host_snapshot, wait_for, wait_gone, wait_status
@@ -44,7 +45,7 @@ def no_ca_bundle(monkeypatch):
 
 
 def nodes_of(service, cluster_uuid: str):
-    return sorted((n for n in service.provider.nodes() if n.node_id.startswith(cluster_uuid)),
+    return sorted((n for n in service.provider.nodes() if node_key(n) and node_key(n)[0] == cluster_uuid),
                   key=lambda n: n.hostname)
 
 

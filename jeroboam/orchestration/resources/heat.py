@@ -229,8 +229,10 @@ class ResourceGroup(Resource):
             return []
         count = props.get("count")
         member_props = _substitute(definition.get("properties") or {}, props["index_var"], "0")
-        return [(".resource_def", definition["type"], member_props,
-                 count if isinstance(count, int) else None)]
+        member = registry.get(definition["type"])
+        if member is not None:  # with its defaults (validation found no error in it)
+            member_props = member.validate_properties(member_props, "resource_def.properties", partial=True)
+        return [(".resource_def", definition["type"], member_props, count if isinstance(count, int) else None)]
 
     @classmethod
     def has_attribute(cls, attr, properties):

@@ -488,8 +488,9 @@ class _Run:
         ref_names = {self.view.reference_id(n): n[len(prefix):] for n in existing}
         members, data = cls.members(rec.name, props, rec.data, updating, ref_names)
         # a count from an attribute was not known when the template was validated
-        others = sum(1 for n in self.current if _root(n) != _root(rec.name))
-        if others + 1 + len(members) > self.engine.limits.max_resources:
+        others = sum(1 for n, r in self.current.items() if _root(n) != _root(rec.name)
+                     and not getattr(registry.get(r.type), "composite", False))
+        if others + len(members) > self.engine.limits.max_resources:
             self._set(rec, action, FAILED, f"{len(members)} members would exceed the stack's limit of "
                       f"{self.engine.limits.max_resources} resources")
             self._failed(action, rec.status_reason)

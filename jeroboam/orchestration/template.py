@@ -31,7 +31,7 @@ from jeroboam.orchestration.graph import Graph
 class Limits:
     """Bounds of one stack, Heat's defaults unless the operator sets [orchestration]."""
 
-    max_resources: int = 1000  # group members count
+    max_resources: int = 1000  # a group counts as its members
     max_template_bytes: int = 512 * 1024
     max_depth: int = 5  # levels of members within members (a group of groups is 2)
 
@@ -542,7 +542,7 @@ class BoundTemplate:
         if depth > self.template.limits.max_depth:
             raise TemplateError(path, f"members nested more than {self.template.limits.max_depth} levels deep")
         self.definitions.append((path, type_name, props))
-        total = 1
+        total = 0 if plugin.composite else 1  # a group counts as its members (1000 fit, as in Heat)
         for suffix, member_type, member_props, count in plugin.nested(props):
             # a count not known yet is checked when the group makes its members
             each = self._walk(f"{path}.properties{suffix}", member_type, registry.get(member_type),

@@ -128,3 +128,19 @@ def test_an_endpoint_off_the_allow_list_is_refused_when_the_worker_runs_it(node)
     assert stack.state == "CREATE_FAILED"
     assert "not an endpoint the operator allows" in stack.status_reason
     assert containers(node) == []
+
+
+def test_a_container_whose_cluster_is_gone_counts_as_deleted(tmp_path):
+    # a project deleted its cluster (and the containers on it) before the stack naming it
+    from jeroboam.db.base import make_engine, make_sessionmaker
+    from jeroboam.db.migrate import upgrade
+
+    db = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    upgrade(db)
+    services = Services(config.load(environ={}), make_sessionmaker(db))
+    props = DockerContainer.validate_properties({"cluster": "gone", "image": "busybox"}, "p")
+    orphan = DockerContainer("c", "rec-1", props, {}, "0123abcd", StackInfo("sid", "s", "p-a", services))
+    orphan.delete()
+    assert orphan.check_delete_complete()
+    with pytest.raises(Exception, match="cluster gone could not be found in this project"):
+        DockerContainer("c", "rec-2", props, {}, None, StackInfo("sid", "s", "p-a", services)).create()

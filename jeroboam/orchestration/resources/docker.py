@@ -64,6 +64,10 @@ _HOST_REACHING = ("privileged", "devices", "cap_add", "volumes", "volumes_from",
 _PLAIN_NETWORK_MODES = ("", "default", "bridge", "none")
 
 
+class ClusterNotFound(TemplateError):
+    """No such cluster in the stack's project (any more: its containers went with it)."""
+
+
 class DockerFailure(RuntimeError):
     """A Docker call failed; the message is fixed text, the details are in the log."""
 
@@ -129,7 +133,7 @@ def find_cluster(session, ident: str, project_id: str | None, where: str):
         .where(sa.or_(Cluster.uuid == ident, Cluster.name == ident), Cluster.project_id == project_id)
         .limit(2)).all()
     if not rows:
-        raise TemplateError(where, f"cluster {ident} could not be found in this project")
+        raise ClusterNotFound(where, f"cluster {ident} could not be found in this project")
     if len(rows) > 1:
         raise TemplateError(where, f"several clusters are named {ident}; use the cluster's uuid")
     row = rows[0]
@@ -229,7 +233,15 @@ class DockerContainer(Resource):
             check_endpoint(props["docker_endpoint"], services.settings, f"{path}.docker_endpoint")
 
     def _target(self) -> tuple[str, dict]:
-        """The endpoint and TLS material (PEM texts by property name), checked again now."""
+        """The endpoint and TLS material (PEM texts by property name), checked again once per
+        action (the operator's list or the cluster may have changed since validation)."""
+        if self._checked_target is None:
+            self._checked_target = self._find_target()
+        return self._checked_target
+
+    _checked_target: tuple[str, dict] | None = None
+
+    def _find_target(self) -> tuple[str, dict]:
         props, services = self.properties, self.stack.services
         if "docker_endpoint" in props:
             check_endpoint(props["docker_endpoint"], services.settings, f"resources.{self.name}.docker_endpoint")
@@ -357,7 +369,16 @@ class DockerContainer(Resource):
                 raise DockerFailure(f"container exited with code {state['ExitCode']}")
             return True  # a command that ran to completion
 
+    def _cluster_gone(self) -> bool:
+        try:
+            self._target()
+        except ClusterNotFound:
+            return True
+        return False
+
     def delete(self):
+        if self._cluster_gone():
+            return
         with self._client() as client:
             container = self._find(client)
             if container is not None:
@@ -367,6 +388,8 @@ class DockerContainer(Resource):
                     pass
 
     def check_delete_complete(self):
+        if self._cluster_gone():
+            return True
         with self._client() as client:
             return self._find(client) is None
 

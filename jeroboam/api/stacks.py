@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import sqlalchemy as sa
 
 from jeroboam.api import schemas
-from jeroboam.api.common import filter_equal, find_one, iso, listing, page
+from jeroboam.api.common import filter_equal, find_one, iso, listing, page, page_limit
 from jeroboam.api.errors import BadRequest, Conflict, Forbidden, NotFound
 from jeroboam.api.routing import Endpoint, Reply, Resource
 from jeroboam.api.validation import Body, Query
@@ -27,8 +27,8 @@ from jeroboam.db.models import Cluster
 from jeroboam.db.stack_models import Stack, StackEvent
 from jeroboam.orchestration import resources as registry
 from jeroboam.orchestration.engine import Engine, StackView
-from jeroboam.orchestration.resources.base import Services
 from jeroboam.orchestration.errors import StackConflict, TemplateError
+from jeroboam.orchestration.resources.base import Services
 from jeroboam.orchestration.sql_store import SqlStore, event_record, stack_record
 from jeroboam.orchestration.store import DELETE, IN_PROGRESS, STATUSES
 from jeroboam.orchestration.template import BoundTemplate, Limits
@@ -261,10 +261,11 @@ def put_stack(call):
 def delete(call):
     row = lookup(call, "stack:delete")
     _guard_cluster_stack(call, row, "delete")
-    # Deleting acts on every resource: refused when one is of a type the caller may not use.
+    # Deleting acts on every resource: refused when one is of a type the caller may not use
+    # (a stack an admin made in the project).
     types = {r.type for r in SqlStore(session=call.session).resources(row.uuid)}
-    types |= {d.get("type") for d in ((row.template or {}).get("resources") or {}).values() if isinstance(d, dict)}
-    refused = sorted(t for t in types if isinstance(t, str) and not _type_allowed(call, t))
+    types |= {d["type"] for d in (row.template.get("resources") or {}).values()}  # validated when stored
+    refused = sorted(t for t in types if not _type_allowed(call, t))
     if refused:
         raise Forbidden(f"Stack {row.name} has resources of type {refused[0]}, not available to this project "
                         f"(policy resource_types:{refused[0]}).")
@@ -293,10 +294,7 @@ def list_resources(call):
         if call.query["marker"] not in names:
             raise NotFound(f"Marker {call.query['marker']} could not be found.")
         shown = shown[names.index(call.query["marker"]) + 1:]
-    max_limit = int(call.state.settings.get("server", "max_limit"))
-    limit = min(int(call.query.get("limit", max_limit)), max_limit)
-    if limit <= 0:
-        raise BadRequest("Limit must be positive")
+    limit = page_limit(call)
     next_url = None
     if len(shown) > limit:
         shown = shown[:limit]

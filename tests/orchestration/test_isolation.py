@@ -10,12 +10,12 @@ import json
 import os
 import re
 import subprocess
-import time
 import uuid
 
 import pytest
 
 from jeroboam.infra.local.resources import prefix_for
+from tests.orchestration.test_stacks_api import wait_stack
 from tests.support import Api, Process, base_env, free_port, wait_http
 
 HOT = "2018-08-31"
@@ -285,10 +285,7 @@ def test_resource_lists_are_paginated(bob):
         {name: {"type": "OS::Heat::None"} for name in "abcde"})})
     assert r.status_code == 202, r.text
     stack_id = r.json()["stack"]["id"]
-    deadline = time.monotonic() + 30
-    while bob.get(f"/v1/stacks/{stack_id}").json()["stack"]["stack_status"] != "CREATE_COMPLETE":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    assert wait_stack(bob, stack_id, {"CREATE_COMPLETE", "CREATE_FAILED"})["stack_status"] == "CREATE_COMPLETE"
     seen, url = [], f"/v1/stacks/{stack_id}/resources?limit=2"
     while url:
         body = bob.get(url).json()
@@ -297,4 +294,21 @@ def test_resource_lists_are_paginated(bob):
         url = body.get("next", "").replace(bob.url, "")
     assert seen == list("abcde")
     assert bob.get(f"/v1/stacks/{stack_id}/resources?marker=zz").status_code == 404
+    assert bob.delete(f"/v1/stacks/{stack_id}").status_code == 204
+
+
+def test_an_update_is_checked_as_a_create_is(bob, host):
+    r = bob.post("/v1/stacks", json={"stack_name": "benign", "template": hot({"a": {"type": "OS::Heat::None"}})})
+    assert r.status_code == 202, r.text
+    stack_id = r.json()["stack"]["id"]
+    assert wait_stack(bob, stack_id, {"CREATE_COMPLETE", "CREATE_FAILED"})["stack_status"] == "CREATE_COMPLETE"
+    for method in ("PATCH", "PUT"):
+        r = bob.request(method, f"/v1/stacks/{stack_id}", json={"template": hot({"net": NETWORK})})
+        assert r.status_code == 403 and "resource_types:Jeroboam::Local::Network" in r.text, r.text
+        r = bob.request(method, f"/v1/stacks/{stack_id}", json={"template": hot(
+            {"c": container(docker_endpoint="unix:///var/run/docker.sock")})})
+        assert r.status_code == 400 and "unix sockets" in r.text, r.text
+    stack = bob.get(f"/v1/stacks/{stack_id}").json()["stack"]
+    assert stack["stack_status"] == "CREATE_COMPLETE"
+    assert bob.get(f"/v1/stacks/{stack_id}/template").json()["resources"] == {"a": {"type": "OS::Heat::None"}}
     assert bob.delete(f"/v1/stacks/{stack_id}").status_code == 204

@@ -188,6 +188,8 @@ def local_address() -> str:
     ("tcp://[::1]:2375", "an address of the service's own host"),
     ("tcp://169.254.169.254:80", "an address of the service's own host"),
     ("tcp://0.0.0.0:2375", "an address of the service's own host"),
+    ("tcp://[::ffff:169.254.169.254]:80", "an address of the service's own host"),
+    ("tcp://2130706433:2375", "an address of the service's own host"),  # 127.0.0.1 in decimal
     ("tcp://10.255.255.1:2376", "not an endpoint the operator allows"),
 ])
 def test_container_endpoints_outside_the_allow_list_are_refused(bob, host, endpoint, phrase):

@@ -94,6 +94,7 @@ def _host_reaching(props: dict) -> list[str]:
 
 
 def _is_host_address(ip) -> bool:
+    ip = getattr(ip, "ipv4_mapped", None) or ip  # ::ffff:127.0.0.1 is 127.0.0.1
     if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
         return True
     # an address a socket can bind to is one of this host's

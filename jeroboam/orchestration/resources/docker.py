@@ -199,7 +199,7 @@ class DockerContainer(Resource):
     attributes_schema = {
         "id": "The container id.",
         "name": "The container name.",
-        "info": "The container's full inspect data.",
+        "info": "The container's inspect data, less its paths on the endpoint's host.",
         "network_info": "The container's network settings.",
         "network_ip": "The container's IP address (first network).",
         "network_gateway": "The container's gateway (first network).",
@@ -207,6 +207,8 @@ class DockerContainer(Resource):
         "network_tcp_ports": "Comma-separated exposed TCP ports.",
         "network_udp_ports": "Comma-separated exposed UDP ports.",
     }
+
+    _checked_target: tuple[str, dict] | None = None  # per instance, i.e. per action
 
     @classmethod
     def validate_properties(cls, props, path, partial=False):
@@ -239,8 +241,6 @@ class DockerContainer(Resource):
         if self._checked_target is None:
             self._checked_target = self._find_target()
         return self._checked_target
-
-    _checked_target: tuple[str, dict] | None = None
 
     def _find_target(self) -> tuple[str, dict]:
         props, services = self.properties, self.stack.services

@@ -51,7 +51,7 @@ def test_patch_then_resize_at_once_the_resize_decides(alice):
 
 
 def test_a_queued_operation_cancelled_hands_the_cluster_back(alice):
-    t = alice.template(labels={"test_delay": "0.6"})
+    t = alice.template(labels={"test_delay_update_cluster": "2"})
     cluster, _ = alice.cluster(t["uuid"], node_count=1)
     alice.wait_cluster(cluster, {"CREATE_COMPLETE"})
     patched = task_of(alice.patch(f"/v1/clusters/{cluster}",
@@ -69,7 +69,7 @@ def test_a_queued_operation_cancelled_hands_the_cluster_back(alice):
 
 @pytest.mark.parametrize("first", ["resize", "nodegroup"])
 def test_nodegroup_create_and_resize_take_turns(alice, first):
-    t = alice.template(labels={"test_delay": "0.4"})
+    t = alice.template(labels={"test_delay_resize_cluster": "0.6", "test_delay_create_nodegroup": "0.6"})
     cluster, _ = alice.cluster(t["uuid"])
     alice.wait_cluster(cluster, {"CREATE_COMPLETE"})
 
@@ -89,7 +89,7 @@ def test_nodegroup_create_and_resize_take_turns(alice, first):
 
 
 def test_delete_queues_behind_nodegroup_work_and_cancels_it(alice):
-    t = alice.template(labels={"test_delay": "0.4"})
+    t = alice.template(labels={"test_delay_create_nodegroup": "1.5"})
     cluster, _ = alice.cluster(t["uuid"])
     alice.wait_cluster(cluster, {"CREATE_COMPLETE"})
     created = task_of(alice.post(f"/v1/clusters/{cluster}/nodegroups", json={"name": "extra"}))
@@ -121,7 +121,7 @@ def short_lease(tmp_path_factory):
     proc = Process(["serve", "--bind", f"127.0.0.1:{port}"],
                    base_env(data, JEROBOAM_WORKER_LEASE_SECONDS="1"), data / "serve.log")
     try:
-        wait_http(f"http://127.0.0.1:{port}", proc)
+        wait_http(f"http://127.0.0.1:{port}", proc, timeout=60)
         yield f"http://127.0.0.1:{port}", data / "jeroboam.sqlite"
     finally:
         proc.stop()

@@ -82,6 +82,9 @@ def test_nodegroup_create_and_resize_take_turns(alice, first):
     tasks = [resize(), nodegroup()] if first == "resize" else [nodegroup(), resize()]
     assert alice.get(f"/v1/clusters/{cluster}").json()["status"] == "UPDATE_IN_PROGRESS"
     assert [t["state"] for t in one_at_a_time(alice, tasks)] == ["SUCCEEDED", "SUCCEEDED"]
+    # every task of the cluster, its create too, shares its lock key
+    listed = alice.get(f"/v1/tasks?lock_key={cluster}").json()["tasks"]
+    assert [t["action"] for t in listed] == ["cluster.create", *(alice.wait_task(t)["action"] for t in tasks)]
     body = alice.get(f"/v1/clusters/{cluster}").json()
     assert (body["status"], body["node_count"]) == ("UPDATE_COMPLETE", 3)
     groups = {g["name"]: g for g in alice.get(f"/v1/clusters/{cluster}/nodegroups").json()["nodegroups"]}

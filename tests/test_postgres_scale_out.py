@@ -100,8 +100,8 @@ def test_two_workers_take_one_clusters_tasks_in_turn(cluster_of_processes, datab
     api.wait_cluster(cluster, {"CREATE_COMPLETE"})
     tasks = [task_of(api.post(f"/v1/clusters/{cluster}/actions/resize", json={"node_count": 3}))]
     tasks += [task_of(api.post(f"/v1/clusters/{cluster}/nodegroups", json={"name": f"ng{i}"})) for i in range(3)]
-    finished = one_at_a_time(api, tasks)
-    assert {task["state"] for task in finished} == {"SUCCEEDED"}
+    finished = one_at_a_time(api, [t["uuid"] for t in api.get(f"/v1/tasks?lock_key={cluster}").json()["tasks"]])
+    assert {task["state"] for task in finished} == {"SUCCEEDED"} and len(finished) == 5
     assert api.wait_cluster(cluster, {"UPDATE_COMPLETE"})["node_count"] == 6
     # The database itself refuses a second running task of the cluster.
     with psycopg.connect(database) as conn:

@@ -244,6 +244,7 @@ CLUSTER_PATCH_QUERY = versioned(
 )
 TASK_LIST_QUERY = query(
     resource_uuid={"type": "string"},
+    lock_key={"type": "string"},
     action={"type": "string"},
     state={"type": "string", "enum": list(states.TASK_STATES)},
 )

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from jeroboam import config
+from jeroboam.cli.tasks import TaskError
 
 LOG = logging.getLogger("jeroboam")
 
@@ -198,6 +199,53 @@ def cmd_db_upgrade(args) -> int:
     return 0
 
 
+def _tasks(args):
+    import requests
+
+    from jeroboam.cli import tasks
+
+    url = args.url or os.environ.get("JEROBOAM_URL") or f"http://{_settings(args).get('server', 'bind')}"
+    url = url.rstrip("/").removesuffix("/v1") + "/v1"
+    headers = dict(tasks.HEADERS)
+    if args.token:
+        headers["X-Auth-Token"] = args.token
+    http = requests.Session()
+    http.headers.update(headers)
+
+    def request(path, params):
+        try:
+            return http.get(url + path, params=params, timeout=30)
+        except requests.RequestException as exc:
+            raise tasks.TaskError(f"cannot reach {url}: {type(exc).__name__}") from None
+    return tasks.Tasks(request)
+
+
+def cmd_task_list(args) -> int:
+    from jeroboam.cli.tasks import LIST_COLUMNS
+
+    rows = [[str(t[c]) for c in LIST_COLUMNS] for t in
+            _tasks(args).list(resource_uuid=args.resource, action=args.action, state=args.state)]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(LIST_COLUMNS)]
+    for row in [list(LIST_COLUMNS)] + rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_task_show(args) -> int:
+    from jeroboam.cli.tasks import describe
+
+    print("\n".join(describe(_tasks(args).get(args.task))))
+    return 0
+
+
+def cmd_task_wait(args) -> int:
+    from jeroboam.cli.tasks import wait
+
+    client = _tasks(args)
+    uuid = args.task or client.latest(args.resource)["uuid"]
+    return wait(client, uuid, sys.stdout, args.interval, args.timeout)
+
+
 def cmd_config_sample(args) -> int:
     sys.stdout.write(config.sample())
     return 0
@@ -237,6 +285,32 @@ def parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     cfg_sub.add_parser("sample", help="print a commented sample file").set_defaults(func=cmd_config_sample)
+
+    task = sub.add_parser("task", help="follow tasks (as `openstack coe task` does)")
+    task_sub = task.add_subparsers(dest="task_command", required=True)
+
+    def client(p):
+        p.add_argument("--url", help="the API (default: $JEROBOAM_URL, else http://[server] bind)")
+        p.add_argument("--token", default=os.environ.get("OS_TOKEN"), help="Keystone token (default: $OS_TOKEN)")
+        p.add_argument("--config", help="INI configuration file, for [server] bind")
+    task_list = task_sub.add_parser("list", help="tasks, newest last")
+    client(task_list)
+    task_list.add_argument("--resource", help="only the tasks of this cluster, nodegroup or stack (uuid)")
+    task_list.add_argument("--action", help="only this action, e.g. cluster_create")
+    task_list.add_argument("--state", help="only this state, e.g. RUNNING")
+    task_list.set_defaults(func=cmd_task_list)
+    task_show = task_sub.add_parser("show", help="a task with its steps, and why it failed")
+    client(task_show)
+    task_show.add_argument("task", help="task uuid")
+    task_show.set_defaults(func=cmd_task_show)
+    task_wait = task_sub.add_parser("wait", help="follow a task to its end; exit 1 when it fails")
+    client(task_wait)
+    which = task_wait.add_mutually_exclusive_group(required=True)
+    which.add_argument("task", nargs="?", help="task uuid")
+    which.add_argument("--resource", help="the newest task of this resource (uuid) instead")
+    task_wait.add_argument("--interval", type=float, default=0.5, help="seconds between looks (default 0.5)")
+    task_wait.add_argument("--timeout", type=float, help="give up (exit 2) after this many seconds")
+    task_wait.set_defaults(func=cmd_task_wait)
     return top
 
 
@@ -244,7 +318,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (StartupError, config.ConfigError) as exc:
+    except (StartupError, config.ConfigError, TaskError) as exc:
         print(f"jeroboam: {exc}", file=sys.stderr)
         return 1
 

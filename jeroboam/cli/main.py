@@ -47,8 +47,9 @@ def _logging(settings: config.Settings) -> None:
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin, every start
 
 
-def _engine(settings, migrated: bool):
-    """An engine on a database that answers; with `migrated`, one at this code's schema revision."""
+def _engine(settings, revision: str):
+    """An engine on a database that answers. Its schema revision, when not this code's, is
+    an error (`revision="required"`), a warning ("warn") or of no concern ("any")."""
     from jeroboam.db import migrate
     from jeroboam.db.base import make_engine
 
@@ -60,10 +61,10 @@ def _engine(settings, migrated: bool):
             at = migrate.current(connection)
     except Exception as exc:  # a bad URL, a missing driver, a database that does not answer
         raise StartupError(f"database {url.split('@')[-1]}: {_one_line(exc)}") from None
-    if at != migrate.heads():
+    if at != migrate.heads() and revision != "any":
         problem = (f"database {shown} is at revision {','.join(sorted(at)) or 'none'}, this code needs "
                    f"{','.join(sorted(migrate.heads()))}: run `jeroboam db upgrade`")
-        if migrated:
+        if revision == "required":
             raise StartupError(problem)
         LOG.warning("%s (until then /healthcheck answers 503)", problem)
     return engine
@@ -162,7 +163,7 @@ def cmd_serve(args) -> int:
     settings = _settings(args)
     _logging(settings)
     _listen_address(settings)  # before anything starts: a busy port stops everything at once
-    engine = _engine(settings, migrated=False)
+    engine = _engine(settings, "any")
     _upgrade(engine)
     worker = _start_worker(settings, engine)
     try:
@@ -175,14 +176,14 @@ def cmd_serve(args) -> int:
 def cmd_api(args) -> int:
     settings = _settings(args)
     _logging(settings)
-    _run_api(settings, _engine(settings, migrated=False))
+    _run_api(settings, _engine(settings, "warn"))
     return 0
 
 
 def cmd_worker(args) -> int:
     settings = _settings(args)
     _logging(settings)
-    worker = _start_worker(settings, _engine(settings, migrated=True), name=args.name)
+    worker = _start_worker(settings, _engine(settings, "required"), name=args.name)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
@@ -194,7 +195,7 @@ def cmd_worker(args) -> int:
 def cmd_db_upgrade(args) -> int:
     settings = _settings(args)
     _logging(settings)
-    _upgrade(_engine(settings, migrated=False))
+    _upgrade(_engine(settings, "any"))
     print("database is at the newest revision")
     return 0
 

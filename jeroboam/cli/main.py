@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from jeroboam import config
-from jeroboam.cli.tasks import TaskError
+from jeroboam.cli import tasks
 
 LOG = logging.getLogger("jeroboam")
 
@@ -200,10 +200,8 @@ def cmd_db_upgrade(args) -> int:
     return 0
 
 
-def _tasks(args):
+def _tasks(args) -> tasks.Tasks:
     import requests
-
-    from jeroboam.cli import tasks
 
     url = args.url or os.environ.get("JEROBOAM_URL") or f"http://{_settings(args).get('server', 'bind')}"
     url = url.rstrip("/").removesuffix("/v1") + "/v1"
@@ -222,29 +220,24 @@ def _tasks(args):
 
 
 def cmd_task_list(args) -> int:
-    from jeroboam.cli.tasks import LIST_COLUMNS
-
-    rows = [[str(t[c]) for c in LIST_COLUMNS] for t in
+    columns = tasks.LIST_COLUMNS
+    rows = [[str(t[c]) for c in columns] for t in
             _tasks(args).list(resource_uuid=args.resource, action=args.action, state=args.state)]
-    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(LIST_COLUMNS)]
-    for row in [list(LIST_COLUMNS)] + rows:
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+    for row in [list(columns)] + rows:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
     return 0
 
 
 def cmd_task_show(args) -> int:
-    from jeroboam.cli.tasks import describe
-
-    print("\n".join(describe(_tasks(args).get(args.task))))
+    print("\n".join(tasks.describe(_tasks(args).get(args.task))))
     return 0
 
 
 def cmd_task_wait(args) -> int:
-    from jeroboam.cli.tasks import wait
-
     client = _tasks(args)
     uuid = args.task or client.latest(args.resource)["uuid"]
-    return wait(client, uuid, sys.stdout, args.interval, args.timeout)
+    return tasks.wait(client, uuid, sys.stdout, args.interval, args.timeout)
 
 
 def cmd_config_sample(args) -> int:
@@ -319,7 +312,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (StartupError, config.ConfigError, TaskError) as exc:
+    except (StartupError, config.ConfigError, tasks.TaskError) as exc:
         print(f"jeroboam: {exc}", file=sys.stderr)
         return 1
 

@@ -16,7 +16,7 @@ from starlette.routing import Route
 from jeroboam import config
 from jeroboam.api import microversions, openapi
 from jeroboam.api.health import HealthCheck
-from jeroboam.api.metrics import MetricsEndpoint, MetricsMiddleware
+from jeroboam.api.metrics import MetricsEndpoint, RequestMetrics
 from jeroboam.api.auth import make_auth
 from jeroboam.api.errors import router_error
 from jeroboam.api.policy import Policy
@@ -84,9 +84,10 @@ class RequestMiddleware:
 
     PASS_THROUGH = ("/", "/v1", "/healthcheck", "/metrics")
 
-    def __init__(self, app, access_log: bool):
+    def __init__(self, app, access_log: bool, observe=None):
         self.app = app
         self.access_log = access_log
+        self.observe = observe  # observe(scope, status, seconds) after each request: the metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -111,9 +112,12 @@ class RequestMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
+            elapsed = time.perf_counter() - start
             if self.access_log:
                 ACCESS_LOG.info('request_id=%s method=%s path="%s" status=%d duration_ms=%.2f', request_id,
-                                scope["method"], scope["path"], status, (time.perf_counter() - start) * 1000)
+                                scope["method"], scope["path"], status, elapsed * 1000)
+            if self.observe:
+                self.observe(scope, status, elapsed)
 
 
 def create_app(settings: config.Settings | None = None, engine=None) -> Starlette:
@@ -145,5 +149,5 @@ def create_app(settings: config.Settings | None = None, engine=None) -> Starlett
     # that walk it all (measured: 28% of a list request's time).
     gc.collect()
     gc.freeze()
-    return RequestMiddleware(MetricsMiddleware(app) if metrics else app,
-                             bool(settings.get("server", "access_log")))
+    return RequestMiddleware(app, bool(settings.get("server", "access_log")),
+                             RequestMetrics(app.routes) if metrics else None)

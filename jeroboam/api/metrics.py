@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 import sqlalchemy as sa
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
@@ -40,34 +39,20 @@ LATENCY = Histogram("jeroboam_http_request_duration_seconds", "Time to answer an
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
 
-class MetricsMiddleware:
+class RequestMetrics:
     """Counts and times every request under its route's path template (`/v1/clusters/{ident}`),
-    never the raw path, so that the number of series stays bounded whatever clients send."""
+    never the raw path, so that the number of series stays bounded whatever clients send.
+    Called by the request middleware once a request is answered."""
 
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, routes):
         # Starlette puts the matched route's endpoint in the scope; map it back to its template.
-        self.templates = {route.endpoint: route.path for route in app.routes}
+        self.templates = {route.endpoint: route.path for route in routes}
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start = time.perf_counter()
-        status = 500
-
-        async def send_with_status(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            route = self.templates.get(scope.get("endpoint"), "unmatched")
-            method = scope["method"] if scope["method"] in METHODS else "other"
-            REQUESTS.labels(route, method, str(status)).inc()
-            LATENCY.labels(route, method).observe(time.perf_counter() - start)
+    def __call__(self, scope, status: int, seconds: float) -> None:
+        route = self.templates.get(scope.get("endpoint"), "unmatched")
+        method = scope["method"] if scope["method"] in METHODS else "other"
+        REQUESTS.labels(route, method, str(status)).inc()
+        LATENCY.labels(route, method).observe(seconds)
 
 
 class _Seconds(FunctionElement):

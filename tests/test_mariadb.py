@@ -91,7 +91,7 @@ def test_stack_resources_upsert_and_names_free_after_delete(service):
                 "outputs": {"v": {"value": {"get_attr": ["b", "output"]}}}}
     for _ in range(2):  # the second create reuses the name of the deleted stack
         r = api.post("/v1/stacks", json={"stack_name": "s1", "template": template})
-        assert r.status_code == 201, r.text
+        assert r.status_code == 202, r.text
         stack_id = r.json()["stack"]["id"]
         assert api.wait_task(r.headers["Location"].rsplit("/", 1)[1])["state"] == "SUCCEEDED"
         stack = api.get(f"/v1/stacks/{stack_id}").json()["stack"]

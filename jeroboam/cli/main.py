@@ -53,7 +53,10 @@ def _engine(settings, revision: str):
     from jeroboam.db import migrate
     from jeroboam.db.base import make_engine
 
-    url = settings.database_url
+    try:
+        url = settings.database_url  # makes data_dir for the embedded database
+    except OSError as exc:
+        raise StartupError(f"[server] data_dir: {exc.strerror}: {exc.filename}") from None
     try:
         engine = make_engine(url)
         shown = engine.url.render_as_string(hide_password=True)

@@ -18,8 +18,8 @@ if ! command -v mariadbd >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq --no-install-recommends mariadb-server >/dev/null
 fi
 if ! mariadb-admin ping --silent >/dev/null 2>&1; then
-  # No systemd here: the package's init script starts it (and checks its system tables).
-  /etc/init.d/mariadb start >&2 || service mariadb start >&2
+  # No systemd here: the package's init script starts it, else the server binary alone.
+  /etc/init.d/mariadb start >&2 || start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
   for _ in $(seq 1 30); do
     mariadb-admin ping --silent >/dev/null 2>&1 && break
     sleep 1

@@ -94,9 +94,10 @@ class Worker:
             LOG.info("worker name %s was heartbeated %.1f s ago; waiting for it to go silent", self.name,
                      (utcnow() - seen).total_seconds())
             time.sleep(min(1.0, self.lease / 3))
-            now_seen = self._last_seen()
-            if now_seen != seen:
+            latest = self._last_seen()
+            if latest is not None and latest != seen:
                 raise NameInUse(f"worker name {self.name!r} is in use by a live worker; give this one --name")
+            seen = latest  # None: it stopped cleanly meanwhile, the name is free
         with self.session_factory() as session, session.begin():
             service = session.scalars(
                 sa.select(Service).where(Service.host == self.name, Service.binary == BINARY)).first()

@@ -1,9 +1,11 @@
 """The production path: `jeroboam api` and several `jeroboam worker`s sharing a real PostgreSQL."""
 
 import os
+import re
 import time
 import uuid
 
+import httpx
 import psycopg
 import pytest
 
@@ -108,3 +110,18 @@ def test_two_workers_take_one_clusters_tasks_in_turn(cluster_of_processes, datab
         with pytest.raises(psycopg.errors.UniqueViolation):
             conn.execute("UPDATE tasks SET state = 'RUNNING' WHERE uuid = ANY(%s)", (tasks[:2],))
         conn.rollback()
+
+
+def test_metrics_on_postgres(cluster_of_processes):
+    url, *_ = cluster_of_processes
+    api = Api(url, project="pg-metrics")
+    t = api.template(name="timed", labels={"test_delay": "0.1"})
+    assert api.wait_task(api.cluster(t["uuid"])[1])["state"] == "SUCCEEDED"
+    text = httpx.get(url + "/metrics").text
+    # Task run times come from PostgreSQL's own date arithmetic: three steps of 0.1 s at least.
+    count = re.search(r'^jeroboam_task_duration_seconds_count\{action="cluster.create",state="SUCCEEDED"\} (\S+)$',
+                      text, re.M)
+    total = re.search(r'^jeroboam_task_duration_seconds_sum\{action="cluster.create",state="SUCCEEDED"\} (\S+)$',
+                      text, re.M)
+    assert float(count.group(1)) >= 1 and float(total.group(1)) / float(count.group(1)) >= 0.3
+    assert re.search(r"^jeroboam_database_up 1.0$", text, re.M)

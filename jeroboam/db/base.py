@@ -12,12 +12,15 @@ import uuid
 import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 
 LOG = logging.getLogger("jeroboam.db")
-# PostgreSQL's serialization failure and deadlock: the transaction may simply run again.
+# Serialization failures and deadlocks: the transaction may simply run again (PostgreSQL's
+# SQLSTATEs; MySQL's lock wait timeout and deadlock error numbers).
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+RETRYABLE_MYSQL_ERRORS = frozenset({1205, 1213})
 RETRY_ATTEMPTS = 6
 RETRY_FIRST_DELAY = 0.05  # seconds, doubled at each attempt, with jitter
 
@@ -42,6 +45,11 @@ class UTCDateTime(sa.TypeDecorator):
 
     impl = sa.DateTime
     cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "mysql":  # MySQL's DATETIME drops fractions of a second unless told
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(sa.DateTime())
 
     def process_bind_param(self, value, dialect):
         if value is not None and value.tzinfo is not None:
@@ -70,11 +78,19 @@ def make_engine(url: str) -> sa.Engine:
         engine = sa.create_engine(url, connect_args={"check_same_thread": False}, json_deserializer=orjson.loads)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    options = {}
+    for plain, driver in (("postgresql://", "postgresql+psycopg://"), ("mysql://", "mysql+pymysql://"),
+                          ("mariadb://", "mariadb+pymysql://")):
+        if url.startswith(plain):
+            url = driver + url[len(plain):]
+    if url.startswith(("mysql", "mariadb")):
+        # PostgreSQL's default: each statement sees what others committed before it. MySQL's
+        # REPEATABLE READ would hand a transaction's later reads its first snapshot.
+        options["isolation_level"] = "READ COMMITTED"
     # No pre-ping: it costs a round trip per request; connections are recycled instead and
     # a dropped one fails a single request.
-    return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=300, json_deserializer=orjson.loads)
+    return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=300, json_deserializer=orjson.loads,
+                            **options)
 
 
 def make_sessionmaker(engine: sa.Engine) -> sessionmaker:
@@ -87,10 +103,12 @@ def is_postgres(engine: sa.Engine) -> bool:
 
 def is_contention(exc: BaseException) -> bool:
     """Whether another transaction was in the way: SQLite busy or locked beyond its busy
-    timeout, a PostgreSQL serialization failure or deadlock."""
+    timeout, a serialization failure or deadlock elsewhere."""
     if not isinstance(exc, sa.exc.DBAPIError):
         return False
     if getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
+        return True
+    if exc.orig.args and exc.orig.args[0] in RETRYABLE_MYSQL_ERRORS:
         return True
     code = getattr(exc.orig, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
@@ -108,3 +126,12 @@ def retrying(transaction, attempts: int = RETRY_ATTEMPTS):
             delay = RETRY_FIRST_DELAY * 2 ** attempt * (0.5 + random.random())
             LOG.warning("database contention (%s); trying again in %.2fs", exc.orig, delay)
             time.sleep(delay)
+
+
+def locks_rows(engine: sa.Engine) -> bool:
+    """Whether SELECT ... FOR UPDATE SKIP LOCKED works: PostgreSQL, MySQL 8, MariaDB 10.6."""
+    if engine.dialect.name != "mysql":
+        return is_postgres(engine)
+    with engine.connect():  # the server's version is known once connected
+        version = engine.dialect.server_version_info
+    return version >= ((10, 6) if engine.dialect.is_mariadb else (8,))

@@ -1,12 +1,13 @@
 """The durable work queue: tasks are rows, claimed with a lease that heartbeats extend.
 
-Claiming is a compare-and-set UPDATE, correct on any database; on PostgreSQL
-the candidate SELECT adds FOR UPDATE SKIP LOCKED so that many workers claim at
-once without waiting on each other. Tasks sharing a lock key (every task on a
-cluster or one of its nodegroups carries the cluster's uuid) run one at a time and
-in the order they were queued: a pending task waits while an earlier one of its key
-is unfinished, and a unique index on the lock keys of running tasks makes the
-database refuse a second one, however many workers race for them.
+Claiming is a compare-and-set UPDATE, correct on any database; where the database
+has them (PostgreSQL, MySQL 8, MariaDB 10.6) the candidate SELECT adds FOR UPDATE SKIP
+LOCKED so that many workers claim at once without waiting on each other. Tasks sharing a
+lock key (every task on a cluster or one of its nodegroups carries the cluster's uuid) run
+one at a time and in the order they were queued: a pending task waits while an earlier one
+of its key is unfinished, and a unique index on the lock keys of running tasks (SQLite,
+PostgreSQL; MySQL has no partial indexes) makes the database refuse a second one, however
+many workers race for them.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def cancel_unfinished(session: Session, lock_key: str, reason: str) -> None:
             session.add(TaskEvent(task_id=task.id, message=reason))
 
 
-def claim(session_factory, worker: str, lease_seconds: float, postgres: bool, batch: int = 4,
+def claim(session_factory, worker: str, lease_seconds: float, row_locks: bool, batch: int = 4,
           running_here: frozenset[int] = frozenset()) -> Task | None:
     """Take the first task that may run now: a pending one that no other task of its lock
     key comes before or runs beside, or a running one whose worker stopped heartbeating.
@@ -80,10 +81,11 @@ def claim(session_factory, worker: str, lease_seconds: float, postgres: bool, ba
         .exists()
     )
     abandoned = sa.and_(Task.state == states.RUNNING, Task.lease_expires_at < now)
-    claimable = sa.or_(sa.and_(Task.state == states.PENDING, ~waits), abandoned)
-    candidates = (sa.select(Task.id).where(claimable, Task.id.not_in(running_here))
+    startable = sa.or_(Task.state == states.PENDING, abandoned)
+    candidates = (sa.select(Task.id).where(sa.or_(sa.and_(Task.state == states.PENDING, ~waits), abandoned),
+                                           Task.id.not_in(running_here))
                   .order_by(Task.id).limit(batch))
-    if postgres:
+    if row_locks:
         candidates = candidates.with_for_update(skip_locked=True, of=Task)
     with session_factory() as session, session.begin():
         for task_id in session.scalars(candidates).all():
@@ -91,9 +93,10 @@ def claim(session_factory, worker: str, lease_seconds: float, postgres: bool, ba
             started = utcnow()
             try:
                 with session.begin_nested():
+                    # the order was the candidates'; the unique index refuses a second running task
                     took = session.execute(
                         sa.update(Task)
-                        .where(Task.id == task_id, claimable)
+                        .where(Task.id == task_id, startable)
                         .values(state=states.RUNNING, worker=worker, attempts=Task.attempts + 1,
                                 lease_expires_at=started + datetime.timedelta(seconds=lease_seconds),
                                 started_at=sa.func.coalesce(Task.started_at, started))

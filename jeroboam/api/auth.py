@@ -2,8 +2,15 @@
 
 noauth takes X-Project-Id, X-User-Id and X-Roles as a trusted proxy (or a test)
 would set them; a caller sending none of them gets the configured defaults, so
-that plain `curl` and `openstack --os-auth-type none` work. keystone validates X-Auth-Token against
-Keystone's /v3/auth/tokens and keeps the answer for token_cache_seconds.
+that plain `curl` and `openstack --os-auth-type none` work.
+
+keystone hands X-Auth-Token to keystonemiddleware's auth_token, called as the
+WSGI middleware it is (its own [keystone_authtoken] options, retries, and 503
+when Keystone cannot be reached), in a worker thread so that a slow Keystone
+never stalls the event loop. A bounded LRU cache sits in front of it; an entry
+lives token_cache_time seconds but never past the token's expires_at.
+
+Either way a role implies the roles Keystone's defaults say it does.
 """
 
 from __future__ import annotations
@@ -11,9 +18,19 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
-from jeroboam.api.errors import Unauthorized
+from jeroboam.api.errors import Forbidden, ServiceUnavailable, Unauthorized
 from jeroboam.api.policy import expand_roles
+
+Identity = tuple[str, str, frozenset[str]]
+
+# [keystone_authtoken] options handed to keystonemiddleware as they are (empty ones left to its defaults).
+MIDDLEWARE_OPTIONS = ("www_authenticate_uri", "auth_url", "auth_type", "username", "password", "project_name",
+                      "user_domain_name", "project_domain_name", "interface", "region_name", "cafile", "insecure",
+                      "http_connect_timeout", "http_request_max_retries")
+# What each service-user plugin cannot do without.
+REQUIRED = {"password": ("auth_url", "username", "password"), "v3password": ("auth_url", "username", "password")}
 
 
 @dataclass(frozen=True)
@@ -39,7 +56,7 @@ class NoAuth:
         self.user = settings.get("auth", "noauth_user")
         self.roles = settings.get("auth", "noauth_roles")
 
-    def identify(self, headers) -> tuple[str, str, frozenset[str]]:
+    async def identify(self, headers) -> Identity:
         project = headers.get("x-project-id") or headers.get("x-tenant-id")
         roles = headers.get("x-roles")
         if project is None and roles is None:
@@ -49,52 +66,90 @@ class NoAuth:
         return project or self.project, headers.get("x-user-id") or self.user, _split_roles(roles or "")
 
 
+def _accept(environ, start_response):
+    """The application behind the middleware: reached only with a valid token."""
+    start_response("204 No Content", [])
+    return []
+
+
 class KeystoneAuth:
     def __init__(self, settings):
-        from keystoneauth1 import session as ks_session
-        from keystoneauth1.identity import v3
+        import cachetools
+        from keystonemiddleware import auth_token
+        from oslo_config import cfg
 
-        self.url = settings.get("auth", "keystone_url").rstrip("/")
-        domain = settings.get("auth", "keystone_domain")
-        auth = v3.Password(
-            auth_url=f"{self.url}/v3", username=settings.get("auth", "keystone_username"),
-            password=settings.get("auth", "keystone_password"),
-            project_name=settings.get("auth", "keystone_project"),
-            user_domain_name=domain, project_domain_name=domain)
-        self.session = ks_session.Session(auth=auth)
-        self.ttl = float(settings.get("auth", "token_cache_seconds"))
-        self._cache: dict[str, tuple[float, tuple]] = {}
+        conf = {name: settings.get("keystone_authtoken", name) for name in MIDDLEWARE_OPTIONS}
+        conf = {name: value for name, value in conf.items() if value != ""}
+        conf.setdefault("www_authenticate_uri", conf["auth_url"])
+        self.challenge = {"WWW-Authenticate": f'Keystone uri="{conf["www_authenticate_uri"]}"'}
+        # A private oslo.config object, so that nothing reads or registers on the process-global one.
+        local = cfg.ConfigOpts()
+        local([], project="jeroboam", default_config_files=[], default_config_dirs=[])
+        self._middleware = auth_token.AuthProtocol(_accept, {
+            **conf, "oslo_config_config": local, "log_name": "jeroboam.keystone",
+            # The cache below replaces the middleware's, whose in-process store has no size limit.
+            "token_cache_time": -1,
+            "delay_auth_decision": False, "service_token_roles_required": True})
+        self.ttl = float(settings.get("keystone_authtoken", "token_cache_time"))
+        self._cache = cachetools.TLRUCache(maxsize=max(1, int(settings.get("auth", "token_cache_size"))),
+                                           ttu=lambda _token, entry, _now: entry[1], timer=time.monotonic)
         self._lock = threading.Lock()
 
-    def identify(self, headers) -> tuple[str, str, frozenset[str]]:
-        token = headers.get("x-auth-token")
+    async def identify(self, headers) -> Identity:
+        import anyio.to_thread
+
+        token = (headers.get("x-auth-token") or "").strip()
         if not token:
-            raise Unauthorized("no token", headers={"WWW-Authenticate": f'Keystone uri="{self.url}"'})
-        now = time.monotonic()
+            raise Unauthorized("no token", headers=self.challenge)
         with self._lock:
-            hit = self._cache.get(token)
-        if hit and hit[0] > now:
-            return hit[1]
-        identity = self._validate(token)
-        with self._lock:
-            self._cache[token] = (now + self.ttl, identity)
+            entry = self._cache.get(token)
+        if entry is not None:
+            return entry[0]
+        identity, deadline = await anyio.to_thread.run_sync(self._validate, token)
+        if self.ttl > 0:
+            with self._lock:
+                self._cache[token] = (identity, deadline)
         return identity
 
-    def _validate(self, token: str):
-        response = self.session.get(
-            f"{self.url}/v3/auth/tokens", headers={"X-Subject-Token": token}, raise_exc=False)
-        if response.status_code != 200:
-            raise Unauthorized("invalid token", headers={"WWW-Authenticate": f'Keystone uri="{self.url}"'})
-        body = response.json()["token"]
-        roles = expand_roles(r["name"].lower() for r in body.get("roles", []))
-        project = (body.get("project") or {}).get("id") or body["user"]["id"]
-        return project, body["user"]["id"], roles
+    def _validate(self, token: str) -> tuple[Identity, float]:
+        """Ask keystonemiddleware (blocking); returns the identity and until when it may be cached."""
+        import webob
+        from keystoneauth1 import access
+
+        request = webob.Request.blank("/", headers={"X-Auth-Token": token})
+        status = request.get_response(self._middleware).status_int
+        if status == 503:
+            raise ServiceUnavailable("The Keystone service is temporarily unavailable.")
+        if status != 204:
+            raise Unauthorized("invalid token", headers=self.challenge)
+        # The middleware leaves Keystone's answer in the request environment.
+        auth_ref = access.create(body=request.environ["keystone.token_info"], auth_token=token)
+        if not auth_ref.project_id:
+            raise Forbidden("A project-scoped token is required.")
+        identity = (auth_ref.project_id, auth_ref.user_id,
+                    expand_roles(r.lower() for r in auth_ref.role_names))
+        remaining = (auth_ref.expires - datetime.now(timezone.utc)).total_seconds()
+        return identity, time.monotonic() + min(self.ttl, remaining)
+
+
+def check_settings(settings) -> str | None:
+    """What keeps the configured strategy from working, in one line; None when nothing does."""
+    strategy = settings.get("auth", "strategy")
+    if strategy == "noauth":
+        return None
+    if strategy != "keystone":
+        return f"unknown [auth] strategy {strategy!r} (noauth or keystone)"
+    auth_type = settings.get("keystone_authtoken", "auth_type")
+    missing = [name for name in REQUIRED.get(auth_type, ("auth_url",))
+               if not settings.get("keystone_authtoken", name)]
+    if missing:
+        return (f"--auth keystone needs [keystone_authtoken] {', '.join(missing)} "
+                f"(or JEROBOAM_KEYSTONE_AUTHTOKEN_{missing[0].upper()})")
+    return None
 
 
 def make_auth(settings):
-    strategy = settings.get("auth", "strategy")
-    if strategy == "noauth":
-        return NoAuth(settings)
-    if strategy == "keystone":
-        return KeystoneAuth(settings)
-    raise ValueError(f"unknown auth strategy {strategy!r} (noauth or keystone)")
+    problem = check_settings(settings)
+    if problem:
+        raise ValueError(problem)
+    return KeystoneAuth(settings) if settings.get("auth", "strategy") == "keystone" else NoAuth(settings)

@@ -57,14 +57,17 @@ DEFAULTS = {
     "stack:get_all_all_projects": ADMIN,
 }
 
-# Keystone's default role implications, so noauth callers saying "member" may also read.
-IMPLIED = {"admin": ("member", "reader"), "member": ("reader",)}
+# Keystone's default role implications (keystone-manage bootstrap: admin -> member -> reader),
+# applied in both auth modes so that a caller holding "member" may also read.
+IMPLIED = {"admin": "member", "member": "reader"}
 
 
 def expand_roles(roles) -> frozenset[str]:
-    expanded = set(roles)
+    expanded = set()
     for role in roles:
-        expanded.update(IMPLIED.get(role, ()))
+        while role and role not in expanded:
+            expanded.add(role)
+            role = IMPLIED.get(role)
     return frozenset(expanded)
 
 

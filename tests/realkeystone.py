@@ -126,7 +126,7 @@ def start_keystone(data: Path) -> Keystone:
 def copy_keystone(source: Keystone, data: Path, expiration: int) -> Keystone:
     """A second Keystone from a copy of a provisioned one (same users and keys, no bootstrap
     wait) whose tokens expire after `expiration` seconds."""
-    shutil.copytree(source.data, data, ignore=shutil.ignore_patterns("gunicorn.log"))
+    shutil.copytree(source.data, data, ignore=shutil.ignore_patterns("gunicorn.log"), dirs_exist_ok=True)
     conf = (data / "keystone.conf").read_text().replace(str(source.data), str(data))
     (data / "keystone.conf").write_text(re.sub(r"(?m)^expiration = \d+$", f"expiration = {expiration}", conf))
     keystone = Keystone(data, free_port())

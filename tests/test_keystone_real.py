@@ -143,7 +143,6 @@ def short_lived(keystone, tmp_path_factory):
     """A Keystone whose tokens live 8 seconds, and a Jeroboam that would cache them far longer."""
     ks = copy_keystone(keystone, tmp_path_factory.mktemp("keystone-short"), expiration=8)
     url, proc = _serve(tmp_path_factory.mktemp("serve-short"), ks, JEROBOAM_KEYSTONE_AUTHTOKEN_TOKEN_CACHE_TIME="300",
-                       JEROBOAM_KEYSTONE_AUTHTOKEN_HTTP_CONNECT_TIMEOUT="2",
                        JEROBOAM_KEYSTONE_AUTHTOKEN_HTTP_REQUEST_MAX_RETRIES="2")
     yield ks, url
     proc.stop()

@@ -15,6 +15,7 @@ Either way a role implies the roles Keystone's defaults say it does.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -23,12 +24,15 @@ from datetime import datetime, timezone
 from jeroboam.api.errors import Forbidden, ServiceUnavailable, Unauthorized
 from jeroboam.api.policy import expand_roles
 
+LOG = logging.getLogger("jeroboam.keystone")
 Identity = tuple[str, str, frozenset[str]]
 
-# [keystone_authtoken] options handed to keystonemiddleware as they are (empty ones left to its defaults).
-MIDDLEWARE_OPTIONS = ("www_authenticate_uri", "auth_url", "auth_type", "username", "password", "project_name",
-                      "user_domain_name", "project_domain_name", "interface", "region_name", "cafile", "insecure",
+GROUP = "keystone_authtoken"
+# Options of the middleware itself, handed over as a paste pipeline would (empty ones left to its defaults),
+MIDDLEWARE_OPTIONS = ("www_authenticate_uri", "auth_type", "interface", "region_name", "cafile", "insecure",
                       "http_connect_timeout", "http_request_max_retries")
+# and those of the service user's keystoneauth1 plugin, which the middleware reads from oslo.config.
+PLUGIN_OPTIONS = ("auth_url", "username", "password", "project_name", "user_domain_name", "project_domain_name")
 # What each service-user plugin cannot do without.
 REQUIRED = {"password": ("auth_url", "username", "password"), "v3password": ("auth_url", "username", "password")}
 
@@ -72,25 +76,41 @@ def _accept(environ, start_response):
     return []
 
 
+class _NoCache:
+    """The middleware's token cache (its `cache` option): a no-op, since the bounded cache in
+    front of the middleware replaces its in-process one, which has no size limit."""
+
+    def get(self, key):
+        return None
+
+    def set(self, key, value, time=0):
+        pass
+
+
 class KeystoneAuth:
+    CACHE_KEY = "jeroboam.keystone.no_cache"
+
     def __init__(self, settings):
         import cachetools
+        from keystoneauth1 import loading
         from keystonemiddleware import auth_token
         from oslo_config import cfg
 
-        conf = {name: settings.get("keystone_authtoken", name) for name in MIDDLEWARE_OPTIONS}
+        conf = {name: settings.get(GROUP, name) for name in MIDDLEWARE_OPTIONS}
         conf = {name: value for name, value in conf.items() if value != ""}
-        conf.setdefault("www_authenticate_uri", conf["auth_url"])
+        conf.setdefault("www_authenticate_uri", settings.get(GROUP, "auth_url"))
         self.challenge = {"WWW-Authenticate": f'Keystone uri="{conf["www_authenticate_uri"]}"'}
         # A private oslo.config object, so that nothing reads or registers on the process-global one.
         local = cfg.ConfigOpts()
         local([], project="jeroboam", default_config_files=[], default_config_dirs=[])
+        local.register_opts(loading.get_auth_plugin_conf_options(conf["auth_type"]), group=GROUP)
+        for name in PLUGIN_OPTIONS:
+            if settings.get(GROUP, name):
+                local.set_override(name, settings.get(GROUP, name), group=GROUP)
         self._middleware = auth_token.AuthProtocol(_accept, {
-            **conf, "oslo_config_config": local, "log_name": "jeroboam.keystone",
-            # The cache below replaces the middleware's, whose in-process store has no size limit.
-            "token_cache_time": -1,
+            **conf, "oslo_config_config": local, "cache": self.CACHE_KEY,
             "delay_auth_decision": False, "service_token_roles_required": True})
-        self.ttl = float(settings.get("keystone_authtoken", "token_cache_time"))
+        self.ttl = float(settings.get(GROUP, "token_cache_time"))
         self._cache = cachetools.TLRUCache(maxsize=max(1, int(settings.get("auth", "token_cache_size"))),
                                            ttu=lambda _token, entry, _now: entry[1], timer=time.monotonic)
         self._lock = threading.Lock()
@@ -115,9 +135,15 @@ class KeystoneAuth:
         """Ask keystonemiddleware (blocking); returns the identity and until when it may be cached."""
         import webob
         from keystoneauth1 import access
+        from keystoneauth1 import exceptions as ksa_exceptions
 
-        request = webob.Request.blank("/", headers={"X-Auth-Token": token})
-        status = request.get_response(self._middleware).status_int
+        request = webob.Request.blank("/", headers={"X-Auth-Token": token}, environ={self.CACHE_KEY: _NoCache()})
+        try:
+            status = request.get_response(self._middleware).status_int
+        except ksa_exceptions.ConnectionError as exc:
+            # The middleware answers 503 for a refused connection but lets a timed-out one through.
+            LOG.error("Keystone did not answer: %s", exc)
+            status = 503
         if status == 503:
             raise ServiceUnavailable("The Keystone service is temporarily unavailable.")
         if status != 204:
@@ -139,9 +165,8 @@ def check_settings(settings) -> str | None:
         return None
     if strategy != "keystone":
         return f"unknown [auth] strategy {strategy!r} (noauth or keystone)"
-    auth_type = settings.get("keystone_authtoken", "auth_type")
-    missing = [name for name in REQUIRED.get(auth_type, ("auth_url",))
-               if not settings.get("keystone_authtoken", name)]
+    auth_type = settings.get(GROUP, "auth_type")
+    missing = [name for name in REQUIRED.get(auth_type, ("auth_url",)) if not settings.get(GROUP, name)]
     if missing:
         return (f"--auth keystone needs [keystone_authtoken] {', '.join(missing)} "
                 f"(or JEROBOAM_KEYSTONE_AUTHTOKEN_{missing[0].upper()})")

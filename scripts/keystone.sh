@@ -32,6 +32,9 @@ init() {
 use_stderr = true
 [database]
 connection = sqlite:///$dir/keystone.sqlite
+[identity]
+# The fewest bcrypt rounds: a test Keystone need not slow down password guessing.
+password_hash_rounds = 4
 [token]
 provider = fernet
 expiration = $expiration

@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.support import ROOT, free_port
+from tests.support import ROOT, Process, free_port
 
 ADMIN_PASSWORD = "admin-secret"
 PASSWORD = "user-secret"
@@ -40,12 +39,11 @@ class Keystone:
     def __init__(self, data: Path, port: int):
         self.data, self.port = data, port
         self.url = f"http://127.0.0.1:{port}"
-        self.log = open(data / "gunicorn.log", "ab")
-        self.proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "keystone.sh"), "serve", str(data), str(port)],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = Process(["serve", str(data), str(port)], dict(os.environ), data / "gunicorn.log",
+                               program=["bash", str(ROOT / "scripts" / "keystone.sh")])
         deadline = time.monotonic() + 90
         while True:
-            assert self.proc.poll() is None, (data / "gunicorn.log").read_text()[-3000:]
+            assert self.process.proc.poll() is None, self.process.output()[-3000:]
             try:
                 if httpx.get(self.url + "/v3", timeout=2).status_code == 200:
                     break
@@ -57,14 +55,7 @@ class Keystone:
                                   headers={"X-Auth-Token": self.token("admin", "admin", ADMIN_PASSWORD)})
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
+        self.process.stop()
 
     def issue(self, user: str, project: str, password: str = PASSWORD) -> tuple[str, str]:
         """A project-scoped token for the user, and its expires_at."""

@@ -87,6 +87,9 @@ class _NoCache:
         pass
 
 
+_NO_CACHE = _NoCache()
+
+
 class KeystoneAuth:
     CACHE_KEY = "jeroboam.keystone.no_cache"
 
@@ -137,7 +140,7 @@ class KeystoneAuth:
         from keystoneauth1 import access
         from keystoneauth1 import exceptions as ksa_exceptions
 
-        request = webob.Request.blank("/", headers={"X-Auth-Token": token}, environ={self.CACHE_KEY: _NoCache()})
+        request = webob.Request.blank("/", headers={"X-Auth-Token": token}, environ={self.CACHE_KEY: _NO_CACHE})
         try:
             status = request.get_response(self._middleware).status_int
         except ksa_exceptions.ConnectionError as exc:

@@ -1,9 +1,9 @@
 """`--auth keystone` when Keystone misbehaves on the wire.
 
 A real Keystone (tests/test_keystone_real.py) cannot be made to reset a connection
-mid-request or to take seconds over one validation, so a stub that speaks the two
-calls the service makes (its own login, and validating a user's token) stands in
-for it here, and only here.
+mid-request or to take seconds over one validation, nor does it count the validations
+it answers, so a stub that speaks the two calls the service makes (its own login,
+and validating a user's token) stands in for it here, and only here.
 """
 
 import json
@@ -19,7 +19,7 @@ from tests.support import Process, base_env, free_port, wait_http
 RESET_TOKEN = "reset-me"
 SLOW_TOKEN = "slow"
 GOOD_TOKEN = "good"
-SLOW_SECONDS = 3
+SLOW_SECONDS = 5
 
 
 class StubKeystone(BaseHTTPRequestHandler):
@@ -78,7 +78,7 @@ def keystone_server(tmp_path):
     env = base_env(tmp_path, JEROBOAM_KEYSTONE_AUTHTOKEN_AUTH_URL=f"http://127.0.0.1:{stub.server_port}/v3",
                    JEROBOAM_KEYSTONE_AUTHTOKEN_USERNAME="jeroboam", JEROBOAM_KEYSTONE_AUTHTOKEN_PASSWORD="secret",
                    JEROBOAM_KEYSTONE_AUTHTOKEN_HTTP_CONNECT_TIMEOUT="1",
-                   JEROBOAM_KEYSTONE_AUTHTOKEN_HTTP_REQUEST_MAX_RETRIES="2")
+                   JEROBOAM_KEYSTONE_AUTHTOKEN_HTTP_REQUEST_MAX_RETRIES="2", JEROBOAM_AUTH_TOKEN_CACHE_SIZE="2")
     proc = Process(["serve", "--auth", "keystone", "--bind", f"127.0.0.1:{port}"], env, tmp_path / "serve.log")
     try:
         wait_http(f"http://127.0.0.1:{port}", proc)
@@ -97,6 +97,7 @@ def test_reset_connection_is_retried_then_503(keystone_server):
 
 
 def test_slow_keystone_times_out_without_stalling_other_requests(keystone_server):
+    assert httpx.get(keystone_server + "/v1/clusters", headers={"X-Auth-Token": GOOD_TOKEN}).status_code == 200
     results = {}
     slow = threading.Thread(target=lambda: results.update(r=httpx.get(
         keystone_server + "/v1/clusters", headers={"X-Auth-Token": SLOW_TOKEN}, timeout=60)))
@@ -105,7 +106,19 @@ def test_slow_keystone_times_out_without_stalling_other_requests(keystone_server
     started = time.monotonic()
     assert httpx.get(keystone_server + "/healthcheck").status_code == 200
     assert httpx.get(keystone_server + "/v1/clusters", headers={"X-Auth-Token": GOOD_TOKEN}).status_code == 200
+    # Blocked by the slow validation, these would wait for it (4.5 s: three tries of 1 s, and backoff).
     assert time.monotonic() - started < SLOW_SECONDS / 2
+    assert slow.is_alive()
     slow.join()
-    # Each read waits http_connect_timeout (1 s), far less than the stub's 3 s; then 503.
+    # Each read waits http_connect_timeout (1 s), far less than the stub's 5 s; then 503.
     assert results["r"].status_code == 503
+
+
+def test_token_cache_is_bounded_least_recently_used_first(keystone_server):
+    def get(token):
+        assert httpx.get(keystone_server + "/v1/clusters", headers={"X-Auth-Token": token}).status_code == 200
+
+    for token in ("lru-a", "lru-b", "lru-a", "lru-c", "lru-b"):
+        get(token)
+    # a was used again before c came, so the full cache (size 2) let b go, not a.
+    assert [StubKeystone.validations[t] for t in ("lru-a", "lru-b", "lru-c")] == [1, 2, 1]

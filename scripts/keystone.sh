@@ -63,7 +63,7 @@ from keystone.server.wsgi import initialize_public_application  # noqa: E402
 
 application = initialize_public_application()
 PY
-  exec "$VENV/bin/gunicorn" --bind "127.0.0.1:$port" --workers 1 --threads 4 --timeout 60 \
+  exec "$VENV/bin/gunicorn" --bind "127.0.0.1:$port" --workers 1 --threads 4 --timeout 60 --graceful-timeout 5 \
     --chdir "$dir" --error-logfile - keystone_public:application
 }
 

@@ -40,12 +40,12 @@ def base_env(data_dir: Path, **settings: str) -> dict:
 
 
 class Process:
-    """A jeroboam command run as a child; stopped by its PID only."""
+    """A jeroboam command (or, with `program`, another one) run as a child; stopped by its PID only."""
 
-    def __init__(self, args: list[str], env: dict, log: Path):
+    def __init__(self, args: list[str], env: dict, log: Path, program: list[str] = JEROBOAM):
         self.log_path = log
         self.log = open(log, "ab")
-        self.proc = subprocess.Popen(JEROBOAM + args, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(program + args, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      cwd=ROOT)
 
     @property

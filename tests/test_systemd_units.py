@@ -4,6 +4,7 @@ privilege split the README promises (systemd need not be running: nothing is sta
 import configparser
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,7 @@ def unit(name: str) -> configparser.ConfigParser:
 def verify(tmp_path: Path, text_by_name: dict[str, str]) -> subprocess.CompletedProcess:
     """`systemd-analyze verify` on copies whose ExecStart names this environment's `jeroboam`
     instead of /opt/jeroboam (verify insists the program exists)."""
-    exe = shutil.which("jeroboam")
-    if exe is None:
-        pytest.skip("no installed `jeroboam` to stand in for /opt/jeroboam/bin/jeroboam")
+    exe = str(Path(sys.executable).with_name("jeroboam"))  # this venv's, as installed by pip
     paths = []
     for name, text in text_by_name.items():
         path = tmp_path / name

@@ -70,7 +70,10 @@ if [[ ! -s $image ]]; then
   tar -C "$work/rootfs" -xf "$base"
   # Wheels with the host's pip (its index and constraints), so the chroot never needs the network.
   python3 -m venv "$work/pip"
-  "$work/pip/bin/pip" wheel -q --disable-pip-version-check -w "$work/wheels" "$ROOT" >&2
+  # (its output only on failure: the host's config names index dirs that may be absent, each a warning)
+  if ! "$work/pip/bin/pip" wheel -q --disable-pip-version-check -w "$work/wheels" "$ROOT" >"$work/pip.log" 2>&1; then
+    cat "$work/pip.log" >&2; exit 1
+  fi
   mv "$work/wheels" "$work/rootfs/tmp/wheels"
   in_root python3 -m venv /opt/jeroboam
   in_root /opt/jeroboam/bin/pip install -q --no-index --find-links /tmp/wheels --disable-pip-version-check jeroboam >&2

@@ -48,6 +48,29 @@ start_dockerd() {
   exit 1
 }
 
+# Capability names by bit number (linux/capability.h).
+CAPS=(chown dac_override dac_read_search fowner fsetid kill setgid setuid setpcap linux_immutable
+  net_bind_service net_broadcast net_admin net_raw ipc_lock ipc_owner sys_module sys_rawio sys_chroot
+  sys_ptrace sys_pacct sys_admin sys_boot sys_nice sys_resource sys_time sys_tty_config mknod lease
+  audit_write audit_control setfcap mac_override mac_admin syslog wake_alarm block_suspend audit_read
+  perfmon bpf checkpoint_restore)
+
+# `--privileged`, or, where this host's capability bounding set lacks some capabilities (runc
+# then refuses --privileged: "unable to apply caps"), what it amounts to without those: every
+# other capability, no seccomp or AppArmor profile, /proc and /sys unmasked, every device.
+# Sets the array PRIVILEGED.
+privileged() {
+  local bnd drop=() i
+  bnd=$((16#$(awk '/^CapBnd:/ {print $2}' /proc/self/status)))
+  for i in "${!CAPS[@]}"; do (( bnd >> i & 1 )) || drop+=(--cap-drop "${CAPS[i]^^}"); done
+  if [[ ${#drop[@]} -eq 0 ]]; then
+    PRIVILEGED=(--privileged)
+  else
+    PRIVILEGED=(--cap-add ALL "${drop[@]}" --security-opt seccomp=unconfined --security-opt apparmor=unconfined
+      --security-opt systempaths=unconfined --device-cgroup-rule 'a *:* rwm')
+  fi
+}
+
 running() { [[ $(docker inspect -f '{{.State.Running}}' "$1" 2>/dev/null) == true ]]; }
 
 up() {
@@ -129,7 +152,8 @@ EOF
   #  $D/data at the same path: node state (sockets, TLS, data-roots) that survives the container.
   if ! running jeroboam-worker; then
     docker rm -f jeroboam-worker >/dev/null 2>&1 || true
-    docker run -d --name jeroboam-worker --privileged --net=host --pid=host --cgroupns=host \
+    privileged
+    docker run -d --name jeroboam-worker "${PRIVILEGED[@]}" --net=host --pid=host --cgroupns=host \
       -v /sys/fs/cgroup:/sys/fs/cgroup -v /run/netns:/run/netns:rshared -v "$D/data:$D/data" \
       "${conf[@]}" "$image" jeroboam worker --name "jeroboam-worker@$(hostname)" >/dev/null
   fi

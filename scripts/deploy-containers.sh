@@ -71,6 +71,13 @@ privileged() {
   fi
 }
 
+# Sets HOST_ACCESS: the worker's privileges and mounts (see up).
+host_access() {
+  privileged
+  HOST_ACCESS=("${PRIVILEGED[@]}" --net=host --pid=host --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup
+    -v /run/netns:/run/netns:rshared -v "$D/data:$D/data")
+}
+
 running() { [[ $(docker inspect -f '{{.State.Running}}' "$1" 2>/dev/null) == true ]]; }
 
 up() {
@@ -144,26 +151,38 @@ EOF
   #                     which need every capability and the devices of a privileged daemon;
   #  --net=host         the node bridges, veths and routes belong in the host's network
   #                     namespace: clients on the host reach the nodes at their addresses;
-  #  --pid=host         nodes' dockerds outlive a worker; a new worker adopts or removes them by
-  #                     the PIDs in the state dir and by scanning /proc, which must be the host's;
+  #  --pid=host         a worker adopts or removes nodes left by an earlier one (its dockerds are
+  #                     gone with its container) by the PIDs in the state dir and by scanning
+  #                     /proc for processes in node netns and cgroups, which must be the host's;
   #  --cgroupns=host and /sys/fs/cgroup: nodes' containers go under cgroup parents named after
   #                     the node, which the worker finds and removes at the host's top level;
   #  /run/netns (rshared): named netns are bind mounts there, shared with the host both ways;
   #  $D/data at the same path: node state (sockets, TLS, data-roots) that survives the container.
   if ! running jeroboam-worker; then
     docker rm -f jeroboam-worker >/dev/null 2>&1 || true
-    privileged
-    docker run -d --name jeroboam-worker "${PRIVILEGED[@]}" --net=host --pid=host --cgroupns=host \
-      -v /sys/fs/cgroup:/sys/fs/cgroup -v /run/netns:/run/netns:rshared -v "$D/data:$D/data" \
-      "${conf[@]}" "$image" jeroboam worker --name "jeroboam-worker@$(hostname)" >/dev/null
+    host_access
+    docker run -d --name jeroboam-worker "${HOST_ACCESS[@]}" "${conf[@]}" "$image" \
+      jeroboam worker --name "jeroboam-worker@$(hostname)" >/dev/null
   fi
   echo "http://127.0.0.1:$API_PORT"
 }
 
 down() {
   if dockerd_pid >/dev/null; then
-    # the worker first: it gets to finish its step and leave its nodes in a state it can adopt
+    # the worker first: it gets to finish its step (a task taken over later resumes there)
+    docker stop -t 30 jeroboam-worker >/dev/null 2>&1 || true
     docker rm -f "${CONTAINERS[@]}" >/dev/null 2>&1 || true
+    # Nodes of clusters not deleted are host state (netns, veths, bridges, cgroups, dockerds):
+    # removed as the worker removes a deleted cluster's leftovers, before their state dir goes.
+    if [[ -n $(ls -A "$D/data/local/nodes" "$D/data/local/networks" 2>/dev/null) ]]; then
+      echo "deploy-containers: removing the nodes of clusters still there" >&2
+      host_access
+      docker run --rm "${HOST_ACCESS[@]}" jeroboam:latest python3 -c '
+import sys
+from jeroboam.infra.local import LocalProvider
+from jeroboam.infra.local.resources import prefix_for
+LocalProvider(sys.argv[1], prefix=prefix_for(sys.argv[1])).remove_leftovers([], [])' "$D/data/local"
+    fi
     docker volume rm -f jeroboam-pgdata >/dev/null 2>&1 || true
     local pid; pid=$(dockerd_pid)
     kill "$pid"

@@ -124,9 +124,9 @@ def test_cluster_through_the_containerized_service(deployment):
     assert done["state"] == "SUCCEEDED", done
     cluster = api.wait_cluster(uuid, ("CREATE_COMPLETE",), timeout=30)
     assert cluster["master_addresses"]
+    state = str(deploy_dir / "data" / "local")
 
     # the node is real and on the host: its netns, and a swarm manager answering on its dockerd
-    state = str(deploy_dir / "data" / "local")
     provider = LocalProvider(state, prefix=prefix_for(state))
     nodes = provider.nodes()
     assert len(nodes) == 1 and nodes[0].name in netns()
@@ -138,3 +138,14 @@ def test_cluster_through_the_containerized_service(deployment):
     assert api.delete(f"/v1/clusters/{uuid}").status_code == 204
     api.wait_cluster(uuid, ("GONE",), timeout=300)
     assert provider.nodes() == [] and not any(n.startswith(prefix_for(state)) for n in netns())
+
+
+def test_down_removes_a_cluster_left_running(deployment):
+    """A cluster not deleted is host state; `down` (the fixture's teardown, which checks the
+    host) removes its nodes too."""
+    url, env, deploy_dir = deployment
+    api = Api(url, project=PROJECT, user="u-ctr")
+    uuid, task = api.cluster("swarm", name="left", master_count=1, node_count=0)
+    assert api.wait_task(task, timeout=600)["state"] == "SUCCEEDED"
+    state = str(deploy_dir / "data" / "local")
+    assert any(n.startswith(prefix_for(state)) for n in netns())

@@ -22,6 +22,9 @@ MIRROR=${MIRROR:-http://deb.debian.org/debian}
 PACKAGES="python3 python3-venv ca-certificates docker.io iproute2 iptables busybox-static postgresql"
 
 [[ $(id -u) -eq 0 ]] || { echo "build-images: must run as root (debootstrap, chroot)" >&2; exit 1; }
+if ! command -v debootstrap >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+fi
 mkdir -p "$CACHE"
 exec 9>"$CACHE/.lock"; flock 9   # concurrent builds wait for each other instead of racing
 

@@ -52,8 +52,8 @@ def netns() -> set[str]:
 def deployment():
     if os.environ.get("JEROBOAM_SKIP_IMAGE_TESTS"):
         pytest.skip("JEROBOAM_SKIP_IMAGE_TESTS is set: container images are not built")
-    if os.geteuid() != 0 or not all(shutil.which(c) for c in ("debootstrap", "dockerd", "docker")):
-        pytest.skip("building and running the images needs root, debootstrap, dockerd and docker")
+    if os.geteuid() != 0 or not all(shutil.which(c) for c in ("dockerd", "docker")):
+        pytest.skip("building and running the images needs root, dockerd and docker (scripts/host-prereqs.sh)")
     # short: node sockets live under <deploy dir>/data/local
     deploy_dir = Path(tempfile.mkdtemp(prefix="jbc-", dir="/tmp"))
     env = {**os.environ, "JEROBOAM_DEPLOY_DIR": str(deploy_dir),

@@ -63,8 +63,9 @@ if [[ ! -s $base ]]; then
   rm -rf "$work/rootfs"
 fi
 
-# The image's identity: the base plus every file the wheel is built from.
-hash=$( { basename "$base"; cd "$ROOT" && git ls-files -co --exclude-standard -- pyproject.toml README.md jeroboam \
+# The image's identity: the base plus the files the service is built from (not the README,
+# though the wheel carries it as its description: a documentation change needs no new image).
+hash=$( { basename "$base"; cd "$ROOT" && git ls-files -co --exclude-standard -- pyproject.toml jeroboam \
   | grep -v __pycache__ | sort | xargs sha1sum; } | sha1sum | cut -c1-12)
 image=$CACHE/jeroboam-$hash.tar
 if [[ ! -s $image ]]; then

@@ -70,12 +70,14 @@ hash=$( { basename "$base"; cd "$ROOT" && git ls-files -co --exclude-standard --
 image=$CACHE/jeroboam-$hash.tar
 if [[ ! -s $image ]]; then
   echo "build-images: image $hash" >&2
-  mkdir -p "$work/rootfs" "$work/wheels"
+  mkdir -p "$work/rootfs" "$work/wheels" "$work/src"
   tar -C "$work/rootfs" -xf "$base"
+  # Built from a copy of the checkout's files: setuptools' build/ in the checkout may hold stale modules.
+  (cd "$ROOT" && git ls-files -co --exclude-standard | tar -cf - -T -) | tar -C "$work/src" -xf -
   # Wheels with the host's pip (its index and constraints), so the chroot never needs the network.
   python3 -m venv "$work/pip"
   # (its output only on failure: the host's config names index dirs that may be absent, each a warning)
-  if ! "$work/pip/bin/pip" wheel -q --disable-pip-version-check -w "$work/wheels" "$ROOT" >"$work/pip.log" 2>&1; then
+  if ! "$work/pip/bin/pip" wheel -q --disable-pip-version-check -w "$work/wheels" "$work/src" >"$work/pip.log" 2>&1; then
     cat "$work/pip.log" >&2; exit 1
   fi
   mv "$work/wheels" "$work/rootfs/tmp/wheels"

@@ -56,6 +56,17 @@ OPTIONS: list[Option] = [
     Option("drivers", "disabled_drivers", "", "Comma-separated driver names not to load."),
     Option("images", "catalog", "jeroboam-node=debian",
            "Images templates may name, as image_id=os_distro[,...]. The os_distro picks the driver."),
+    # Tenant isolation: who may reach the host, how much one request or project may ask for.
+    Option("infra", "local_projects", "default",
+           "Projects (ids, comma-separated) that may use server_type local, besides admins. Its nodes are "
+           "root dockerds on this host: whoever holds a cluster's credentials is root here. "
+           "Default: the noauth operator's project."),
+    Option("server", "max_request_body_size", 114688, "Largest request body in bytes; a larger one gets 413."),
+    Option("quotas", "max_nodes_per_cluster", 100, "Largest node_count + master_count of one cluster."),
+    Option("quotas", "max_nodes_per_project", 200, "Node quota (all clusters' nodes) of a project that has no "
+                                                   "Node quota row."),
+    Option("auth", "noauth_allow_remote", False, "Let noauth serve on a non-loopback address: anyone who can "
+                                                 "reach it acts as any project, admin included."),
 ]
 
 
@@ -126,11 +137,10 @@ def load(config_file: str | None = None, overrides: dict[tuple[str, str], object
 def sample() -> str:
     lines = ["# Jeroboam configuration. Every option can also be set as the environment",
              "# variable named after it, e.g. JEROBOAM_SERVER_DATABASE.", ""]
-    section = None
-    for opt in OPTIONS:
-        if opt.section != section:
-            section = opt.section
-            lines += ["", f"[{section}]"]
-        default = str(opt.default).lower() if isinstance(opt.default, bool) else opt.default
-        lines += [f"# {opt.help}", f"# ({opt.env})", f"#{opt.name} = {default}"]
+    sections = dict.fromkeys(opt.section for opt in OPTIONS)  # in order of first appearance
+    for section in sections:
+        lines += ["", f"[{section}]"]
+        for opt in (o for o in OPTIONS if o.section == section):
+            default = str(opt.default).lower() if isinstance(opt.default, bool) else opt.default
+            lines += [f"# {opt.help}", f"# ({opt.env})", f"#{opt.name} = {default}"]
     return "\n".join(lines).lstrip() + "\n"

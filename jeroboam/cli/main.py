@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 
@@ -46,6 +48,23 @@ def _start_worker(settings, engine, name=None):
     return worker
 
 
+def _exposure_problem(settings) -> str | None:
+    """Why the API must not start as configured: noauth trusts identity headers, so anyone who
+    can reach it is any project, admin included. It serves loopback unless the operator says so."""
+    if settings.get("auth", "strategy") != "noauth" or settings.get("auth", "noauth_allow_remote"):
+        return None
+    host = settings.get("server", "bind").rpartition(":")[0].strip("[]") or "127.0.0.1"
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        addresses = set()
+    if addresses and all(ipaddress.ip_address(a.split("%", 1)[0]).is_loopback for a in addresses):
+        return None
+    return (f"refusing to serve noauth on {settings.get('server', 'bind')}: without authentication anyone "
+            "who can reach the API acts as any project; bind to 127.0.0.1, use --auth keystone, or set "
+            "[auth] noauth_allow_remote = true")
+
+
 def _run_api(settings) -> None:
     import uvicorn
 
@@ -73,8 +92,17 @@ def api_process_app():
     return create_app(settings)
 
 
+def _refused(settings) -> bool:
+    problem = _exposure_problem(settings)
+    if problem:
+        print(f"jeroboam: {problem}", file=sys.stderr)
+    return problem is not None
+
+
 def cmd_serve(args) -> int:
     settings = _settings(args)
+    if _refused(settings):
+        return 2
     _logging(settings)
     from jeroboam.db.migrate import upgrade
 
@@ -92,6 +120,8 @@ def cmd_serve(args) -> int:
 
 def cmd_api(args) -> int:
     settings = _settings(args)
+    if _refused(settings):
+        return 2
     _logging(settings)
     _run_api(settings)
     return 0

@@ -65,8 +65,9 @@ OPTIONS: list[Option] = [
     Option("quotas", "max_nodes_per_cluster", 100, "Largest node_count + master_count of one cluster."),
     Option("quotas", "max_nodes_per_project", 200, "Node quota (all clusters' nodes) of a project that has no "
                                                    "Node quota row."),
-    Option("auth", "noauth_allow_remote", False, "Let noauth serve on a non-loopback address: anyone who can "
-                                                 "reach it acts as any project, admin included."),
+    Option("auth", "noauth_allow_remote", False, "Let noauth serve on a non-loopback address and answer "
+                                                 "requests addressed to other names: anyone who can reach it "
+                                                 "acts as any project, admin included."),
 ]
 
 

@@ -294,6 +294,21 @@ def test_bodies_must_be_json(victim, attacker):
     assert r.status_code == 200 and r.json()["name"] == "renamed"
 
 
+def test_noauth_answers_loopback_names_only(server, attacker):
+    """DNS rebinding: a page on evil.example, its name now resolving to 127.0.0.1, is same-origin
+    with the API and may send JSON; its requests still carry its own name in Host."""
+    before = snapshot(attacker)
+    for headers in ({}, dict(attacker.headers)):
+        r = httpx.post(server + "/v1/clustertemplates", headers={**headers, "Host": "evil.example:9511"},
+                       json={"name": "rebound", "coe": "swarm-mode", "image_id": "test-image"})
+        assert r.status_code == 403
+        assert error(r)["detail"] == ("noauth serves requests addressed to loopback only, not to "
+                                      "evil.example:9511: set [auth] noauth_allow_remote = true to serve "
+                                      "other names.")
+    assert snapshot(attacker) == before
+    assert attacker.get("/v1/clustertemplates", headers={"Host": "localhost"}).status_code == 200
+
+
 def test_ca_rotation_without_a_body_still_works(attacker):
     cluster = attacker.cluster(attacker.template()["uuid"])[0]
     attacker.wait_cluster(cluster, {"CREATE_COMPLETE"})

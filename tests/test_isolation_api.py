@@ -5,27 +5,57 @@ provider the host's namespaces, links and routes."""
 
 import shutil
 import subprocess
+import tempfile
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import Api, Process, base_env, free_port
+from jeroboam.infra.local.resources import prefix_for
+from tests.support import Api, Process, base_env, free_port, wait_http
 
 
 def error(r) -> dict:
     return r.json()["errors"][0]
 
 
-def host_state() -> dict:
-    """What a `server_type local` cluster would change on the host."""
+DATA: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """This module's own `jeroboam serve`, so that the host can be watched for its names alone
+    (other suites may build clusters on the same host meanwhile)."""
+    data = Path(tempfile.mkdtemp(prefix="jbi-", dir="/tmp"))  # short: unix socket paths
+    port = free_port()
+    proc = Process(["serve", "--bind", f"127.0.0.1:{port}"], base_env(data), data / "serve.log")
+    url = f"http://127.0.0.1:{port}"
+    DATA[url] = data
+    try:
+        wait_http(url, proc)
+        yield url
+    finally:
+        proc.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def host_state(server) -> dict:
+    """What a `server_type local` cluster of this service would make on the host: namespaces,
+    links and routes under its provider's name prefix, processes under its data dir."""
     if shutil.which("ip") is None:
         pytest.skip("needs iproute2 to watch the host")
+    data = DATA[server]
+    prefix = prefix_for(str(data / "local"))
 
-    def out(*argv):
-        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    return {"netns": out("ip", "netns", "list"), "links": out("ip", "-o", "link", "show"),
-            "routes": out("ip", "route", "show", "table", "all")}
+    def ours(*argv):
+        lines = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.splitlines()
+        return [line for line in lines if prefix in line]
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    return {"netns": ours("ip", "netns", "list"), "links": ours("ip", "-o", "link", "show"),
+            "routes": ours("ip", "route", "show", "table", "all"),
+            "processes": [p for p in processes.splitlines() if str(data) in p and "jeroboam.cli.main" not in p],
+            "nodes": sorted(p.name for p in (data / "local" / "nodes").glob("*"))}
 
 
 @pytest.fixture
@@ -56,9 +86,9 @@ def local_template_body(name="local") -> dict:
 
 # -- 4. the namespace provider is for the operator ---------------------------------------------
 
-def test_member_may_not_make_a_local_template(attacker, victim):
+def test_member_may_not_make_a_local_template(server, attacker, victim):
     a = victim[0]
-    host, mine, theirs = host_state(), snapshot(attacker), snapshot(a)
+    host, mine, theirs = host_state(server), snapshot(attacker), snapshot(a)
     r = attacker.post("/v1/clustertemplates", json=local_template_body())
     assert r.status_code == 403
     assert "[infra] local_projects" in error(r)["detail"] and "root" in error(r)["detail"]
@@ -71,7 +101,7 @@ def test_member_may_not_make_a_local_template(attacker, victim):
     assert [t["name"] for t in after["/v1/clustertemplates/detail"]["clustertemplates"]
             if t["project_id"] == attacker.headers["X-Project-Id"]] == ["vm-tpl"]
     assert mine["/v1/clusters/detail"] == after["/v1/clusters/detail"]
-    assert snapshot(a) == theirs and host_state() == host
+    assert snapshot(a) == theirs and host_state(server) == host
 
 
 def test_member_may_not_use_an_operators_public_local_template(server, attacker):
@@ -80,11 +110,11 @@ def test_member_may_not_use_an_operators_public_local_template(server, attacker)
                                                           "public": True})
     assert template.status_code == 201, template.text
     template = template.json()
-    host, mine = host_state(), snapshot(attacker)
+    host, mine = host_state(server), snapshot(attacker)
     assert template["uuid"] in [t["uuid"] for t in mine["/v1/clustertemplates/detail"]["clustertemplates"]]
     r = attacker.post("/v1/clusters", json={"cluster_template_id": template["uuid"], "node_count": 1})
     assert r.status_code == 403 and "[infra] local_projects" in error(r)["detail"]
-    assert snapshot(attacker) == mine and host_state() == host
+    assert snapshot(attacker) == mine and host_state(server) == host
     assert operator.get(f"/v1/clustertemplates/{template['uuid']}").json() == template
     assert operator.delete(f"/v1/clustertemplates/{template['uuid']}").status_code == 204
 
@@ -213,6 +243,11 @@ def test_odd_nodegroup_ids_are_not_found(victim, ident):
     assert r.status_code == 404 and error(r)["detail"] == f"Nodegroup {ident} could not be found."
     r = a.post(f"/v1/clusters/{cluster['uuid']}/actions/resize", json={"node_count": 2, "nodegroup": ident})
     assert r.status_code == 404
+
+
+def test_odd_microversion_digits_are_406(attacker):
+    r = attacker.get("/v1/clusters", headers={"OpenStack-API-Version": "container-infra ².1".encode()})
+    assert r.status_code == 406 and error(r)["detail"] == "Invalid value for OpenStack-API-Version header"
 
 
 def test_bad_min_node_count_label_is_400(attacker):

@@ -115,6 +115,13 @@ def test_member_may_not_use_an_operators_public_local_template(server, attacker)
     r = attacker.post("/v1/clusters", json={"cluster_template_id": template["uuid"], "node_count": 1})
     assert r.status_code == 403 and "[infra] local_projects" in error(r)["detail"]
     assert snapshot(attacker) == mine and host_state(server) == host
+    # Nor by upgrading a cluster of its own onto it.
+    own = attacker.cluster(attacker.template()["uuid"])[0]
+    attacker.wait_cluster(own, {"CREATE_COMPLETE"})
+    mine = snapshot(attacker)
+    r = attacker.post(f"/v1/clusters/{own}/actions/upgrade", json={"cluster_template": template["uuid"]})
+    assert r.status_code == 403 and "[infra] local_projects" in error(r)["detail"]
+    assert snapshot(attacker) == mine and host_state(server) == host
     assert operator.get(f"/v1/clustertemplates/{template['uuid']}").json() == template
     assert operator.delete(f"/v1/clustertemplates/{template['uuid']}").status_code == 204
 

@@ -339,6 +339,7 @@ def upgrade(call):
     cluster = lookup(call, call.path["ident"])
     call.state.policy.authorize("cluster:upgrade", call.ctx, cluster.project_id)
     template = lookup_template(call, call.body["cluster_template"])
+    check_provider(call, template.server_type)
     groups = groups_of(call.session, cluster)
     ident = call.body.get("nodegroup")
     group = find_nodegroup(call.session, cluster, ident) if ident else default_group(groups)

@@ -22,8 +22,7 @@ def string(min_length: int = 1, max_length: int = 255, nullable: bool = True) ->
             "minLength": min_length, "maxLength": max_length}
 
 
-
-
+# Columns are 32-bit integers: anything larger is refused here, not by the database.
 def integer(minimum: int | None = None, maximum: int = INT_MAX, nullable: bool = True,
             below_minimum: str | None = None) -> dict:
     schema: dict = {"type": ["integer", "null"] if nullable else "integer", "maximum": maximum}

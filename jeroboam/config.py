@@ -62,6 +62,8 @@ OPTIONS: list[Option] = [
            "root dockerds on this host: whoever holds a cluster's credentials is root here. "
            "Default: the noauth operator's project."),
     Option("server", "max_request_body_size", 114688, "Largest request body in bytes; a larger one gets 413."),
+    Option("server", "max_json_body_size", 1048576, "Largest request body of the stacks API in bytes (Heat's "
+                                                    "default: templates may be larger than Magnum's bodies)."),
     Option("quotas", "max_nodes_per_cluster", 100, "Largest node_count + master_count of one cluster."),
     Option("quotas", "max_nodes_per_project", 200, "Node quota (all clusters' nodes) of a project that has no "
                                                    "Node quota row."),

@@ -154,6 +154,18 @@ def test_oversized_bodies_get_413_unread(attacker):
     assert snapshot(attacker) == before
 
 
+def test_stack_bodies_have_heats_larger_limit(attacker):
+    template = {"heat_template_version": "2021-04-16", "description": "d" * 200_000,
+                "resources": {"a": {"type": "OS::Heat::None"}}}
+    r = attacker.post("/v1/stacks", json={"stack_name": "big", "template": template})
+    assert r.status_code == 202, r.text
+    assert attacker.delete(f"/v1/stacks/{r.json()['stack']['id']}").status_code == 204
+    template["description"] = "d" * 1_100_000
+    r = attacker.post("/v1/stacks", json={"stack_name": "huge", "template": template})
+    assert r.status_code == 413
+    assert error(r)["detail"] == "Request is too large: the limit is 1048576 bytes ([server] max_json_body_size)."
+
+
 def test_node_count_is_bounded_per_cluster(attacker):
     t = attacker.template()
     before = snapshot(attacker)

@@ -54,6 +54,14 @@ OPTIONS: list[Option] = [
     Option("worker", "service_down_seconds", 30, "A worker silent this long shows as down in mservices."),
     Option("quotas", "max_clusters_per_project", 20, "Cluster quota of a project that has no quota row."),
     Option("drivers", "disabled_drivers", "", "Comma-separated driver names not to load."),
+    # Orchestration: stack limits (Heat's defaults) and where containers may run.
+    Option("orchestration", "max_resources_per_stack", 1000,
+           "Most resources a stack may have, group members included."),
+    Option("orchestration", "max_template_size", 512 * 1024, "Largest template, in bytes."),
+    Option("orchestration", "max_nested_stack_depth", 5, "Deepest nesting of group members."),
+    Option("orchestration", "docker_endpoints", "",
+           "Comma-separated tcp:// Docker endpoints DockerInc::Docker::Container may name besides "
+           "clusters of the stack's project. Never the service's own host."),
     Option("images", "catalog", "jeroboam-node=debian",
            "Images templates may name, as image_id=os_distro[,...]. The os_distro picks the driver."),
     # Tenant isolation: who may reach the host, how much one request or project may ask for.

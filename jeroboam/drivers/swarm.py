@@ -30,7 +30,7 @@ from jeroboam.drivers.swarm_health import (MONITOR_INTERVAL, Monitor, assess, by
                                            dead_nodes, reconcile, swarm_view)
 from jeroboam.infra.local import InfraError, NodeInfo, ping, swarm
 from jeroboam.infra.local.host import wait_until
-from jeroboam.infra.local.resources import NETWORK_TYPE, NODE_TYPE, configure, restart_with_ca
+from jeroboam.infra.local.resources import NETWORK_TYPE, NODE_TYPE, configure, restart_with_ca, scoped
 from jeroboam.orchestration.engine import Engine
 from jeroboam.orchestration.sql_store import SqlStore
 from jeroboam.orchestration.store import COMPLETE, DELETE, IN_PROGRESS, StackRecord
@@ -338,11 +338,12 @@ class SwarmDriver(Driver):
 
         def clean_up() -> None:
             # what a stack never recorded (a create interrupted at the wrong moment)
-            prefix = f"{s.cluster.uuid}/"
+            prefix = scoped(s.id, f"{s.cluster.uuid}/")
             left = [n.name for n in s.provider.nodes() if n.node_id.startswith(prefix)]
             s.provider.destroy_nodes(left)
-            if s.provider.get_network(s.cluster.uuid) is not None:
-                s.provider.delete_network(s.cluster.uuid)
+            network = scoped(s.id, s.cluster.uuid)
+            if s.provider.get_network(network) is not None:
+                s.provider.delete_network(network)
 
         ctx.run_step("delete nodes", delete_stack)
         ctx.run_step("clean up host", clean_up)

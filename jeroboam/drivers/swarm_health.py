@@ -16,7 +16,7 @@ from jeroboam import states
 from jeroboam.db.models import Cluster, ClusterTemplate, NodeGroup, Task
 from jeroboam.db.stack_models import Stack, StackResource
 from jeroboam.infra.local import LocalProvider, NodeInfo, ping, swarm
-from jeroboam.infra.local.resources import NETWORK_TYPE, NODE_TYPE, configure, state_dir
+from jeroboam.infra.local.resources import NETWORK_TYPE, NODE_TYPE, configure, scoped, state_dir
 from jeroboam.orchestration.store import IN_PROGRESS
 from jeroboam.tasks import queue
 
@@ -72,10 +72,10 @@ def assess(provider: LocalProvider, managers: list[NodeInfo],
 
 
 def node_key(info: NodeInfo) -> tuple[str, str, int] | None:
-    """(cluster, nodegroup, index) of a cluster's node, from its node id; None for a node of
-    some other stack."""
+    """(cluster, nodegroup, index) of a cluster's node, from its node id (stack/cluster/
+    nodegroup/index); None for a node of some other stack."""
     parts = info.node_id.split("/")
-    return (parts[0], parts[1], int(parts[2])) if len(parts) == 3 and parts[2].isdigit() else None
+    return (parts[1], parts[2], int(parts[3])) if len(parts) == 4 and parts[3].isdigit() else None
 
 
 class Monitor:
@@ -167,12 +167,15 @@ def reconcile(driver_name: str, settings, session_factory) -> None:
     broken = {c.stack_id for c in clusters if c.status in BROKEN}
     busy = {c.uuid for c in clusters if c.status.endswith("_IN_PROGRESS")}
     busy_stacks = {c.stack_id for c in clusters if c.uuid in busy}
-    keep = {NODE_TYPE: set(), NETWORK_TYPE: busy.copy()}
+    from jeroboam.drivers.swarm import stack_id_of  # the driver module imports this one
+
+    keep = {NODE_TYPE: set(), NETWORK_TYPE: {scoped(stack_id_of(c), c) for c in busy}}
     adopt = {NODE_TYPE: set(), NETWORK_TYPE: set()}
     for res in resources:
         ident = (res.properties or {}).get("node_id" if res.type == NODE_TYPE else "network_id")
         if not ident or res.stack_id in broken:
             continue
+        ident = scoped(res.stack_id, ident)
         keep[res.type].add(ident)
         if res.stack_id not in busy_stacks and res.status != IN_PROGRESS:
             adopt[res.type].add(ident)

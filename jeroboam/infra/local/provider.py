@@ -116,7 +116,7 @@ class NodeInfo:
 
     def attributes(self) -> dict:
         return {"name": self.name, "hostname": self.hostname, "address": self.address,
-                "api_address": self.api_address, "mac": self.mac, "socket": self.socket_path}
+                "api_address": self.api_address, "mac": self.mac}
 
 
 def _digest(kind: str, ident: str) -> str:

@@ -28,8 +28,8 @@ def int_id(value: str) -> int | None:
 
 
 # An absolute or home-relative file path, or a unix-socket URL; not a URL's `//`, not the
-# `/24` of a network, not a relative `a/b`.
-HOST_PATH_RE = re.compile(r"[a-z+.-]*unix://\S+|(?<![\w.~/-])~?/(?!/|\d+(?![\w/.-]))[^\s'\"(),;\[\]{}<>]+")
+# `/24` of a network, not a relative `a/b` nor one below a placeholder (`<data_dir>/images`).
+HOST_PATH_RE = re.compile(r"[a-z+.-]*unix://\S+|(?<![\w.~/>-])~?/(?!/|\d+(?![\w/.-]))[^\s'\"(),;\[\]{}<>]+")
 
 
 def for_tenant(ctx, value):

@@ -325,7 +325,7 @@ def test_host_paths_are_hidden_from_tenants(attacker, admin):
 # -- 7. noauth stays a developer mode ---------------------------------------------------------------
 
 def test_bodies_must_be_json(victim, attacker):
-    a, template, cluster = victim
+    a = victim[0]
     before, theirs = snapshot(attacker), snapshot(a)
     body = '{"name": "csrf", "coe": "swarm-mode", "image_id": "test-image"}'
     for content_type in ("text/plain", "application/x-www-form-urlencoded", "text/plain; charset=utf-8",

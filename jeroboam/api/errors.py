@@ -40,6 +40,13 @@ class Conflict(APIError):
     status = 409
 
 
+class ServiceUnavailable(APIError):
+    """A service this one depends on (Keystone) cannot be reached."""
+
+    status = 503
+    code = "server"
+
+
 class WebobError(APIError):
     """What Magnum's middleware (not its controllers) refuses: the status phrase as title,
     the explanation as detail, no code."""

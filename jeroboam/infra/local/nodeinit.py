@@ -210,6 +210,7 @@ def main(node_dir: str, spec_files: list[str]) -> None:
         sys.stdout.flush()
         os._exit(0 if message.startswith(b"ready") else 1)
     os.close(ready_r)
+    os.chdir(node_dir)  # the node's processes start there
     log = os.open(os.path.join(node_dir, "init.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
                   0o640)
     os.dup2(log, 1)  # off the starting worker's pipe

@@ -88,7 +88,8 @@ class Supervisor:
             os.close(out)
         if stdout is None:
             self.running[spec["name"]] = pid
-            _write(os.path.join(self.proc_dir, f"{spec['name']}.pid"), f"{pid} {_start_time(pid)}\n")
+            _write(os.path.join(self.proc_dir, f"{spec['name']}.pid"),
+                   f"{pid} {_start_time(pid)}\n")
         return pid
 
     def _mount(self, mount: dict) -> None:

@@ -118,6 +118,19 @@ def test_a_bad_process_is_an_error_naming_it(node):
                                                                      source="/tmp"),)))
 
 
+def test_a_node_whose_supervisor_died_is_rebooted_when_adopted(provider, node):
+    dockerd = provider._dockerd_pid(node)
+    init = int(Path(node.state_dir, "proc", "init.pid").read_text().split()[0])
+    os.kill(init, 9)
+    wait_until(lambda: not host.is_live(init), 10, "supervisor dead")
+    with pytest.raises(InfraError, match="supervisor does not answer"):
+        node.start_process(ProcessSpec("late", ("sleep", "60")))
+    assert provider.adopt([NET], [node.node_id]) == {node.node_id: node}
+    provider.wait_nodes([node.name])
+    assert provider._dockerd_pid(node) not in (None, dockerd) and not host.is_live(dockerd)
+    assert node.start_process(ProcessSpec("late", ("sleep", "60"))) == node.process_pid("late")
+
+
 WORKER = textwrap.dedent("""
     import sys
     from jeroboam.infra.local import LocalProvider, NodeSpec

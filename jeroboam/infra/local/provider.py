@@ -464,7 +464,8 @@ class LocalProvider(Provider):
     def _start(self, info: NodeInfo) -> None:
         with self._node_lock(info.name):
             net = self._ensure_netns(info)
-            if self._dockerd_pid(info) is not None:
+            if self._dockerd_pid(info) is not None and \
+                    _process_pid(info.state_dir, "init") is not None:
                 return
             d = Path(info.state_dir)
             if (d / "exec" / "containerd").exists() or (d / "init.sock").exists():

@@ -238,7 +238,7 @@ def main(node_dir: str, spec_files: list[str]) -> None:
     os.write(ready_w, f"ready {os.getpid()} {answer.get('pid', '') if spec_files else ''}\n"
              .encode())
     os.close(ready_w)
-    server.serve_forever()
+    server.serve_forever(poll_interval=None)  # nothing ever shuts it down: no need to wake
 
 
 if __name__ == "__main__":

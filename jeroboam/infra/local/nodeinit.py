@@ -88,8 +88,11 @@ class Supervisor:
             os.close(out)
         if stdout is None:
             self.running[spec["name"]] = pid
-            _write(os.path.join(self.proc_dir, f"{spec['name']}.pid"),
-                   f"{pid} {_start_time(pid)}\n")
+            try:
+                started = _start_time(pid)
+            except FileNotFoundError:
+                return pid  # exited and reaped already; the reaper records it
+            _write(os.path.join(self.proc_dir, f"{spec['name']}.pid"), f"{pid} {started}\n")
         return pid
 
     def _mount(self, mount: dict) -> None:

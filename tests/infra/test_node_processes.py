@@ -16,6 +16,7 @@ from jeroboam.infra import InfraError, Mount, ProcessSpec, wait_until
 from jeroboam.infra.local import NodeSpec
 from jeroboam.infra.local import host
 from jeroboam.pki import new_ca
+from tests.support import zombies
 
 NET = "proc-net"
 SYSCTL = "/proc/sys/kernel/panic"
@@ -32,19 +33,6 @@ def node(provider):
         provider.destroy_nodes([provider.node_name(spec.node_id)])
         if provider.get_network(NET) is not None:
             provider.delete_network(NET)
-
-
-def zombies() -> dict[int, int]:
-    """Zombie pid -> parent pid, host-wide."""
-    found = {}
-    for pid in host.pids():
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if stat[0] == "Z":
-            found[pid] = int(stat[1])
-    return found
 
 
 def parent(pid: int) -> int:

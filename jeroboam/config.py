@@ -52,7 +52,8 @@ OPTIONS: list[Option] = [
     Option("auth", "noauth_project", "default", "Project of a noauth caller that sends no X-Project-Id."),
     Option("auth", "noauth_user", "admin", "User of a noauth caller that sends no X-User-Id."),
     Option("auth", "noauth_roles", "admin,member,reader", "Roles of a noauth caller that sends no X-Roles."),
-    Option("auth", "policy_file", "", "YAML or JSON file overriding policy rules."),
+    Option("auth", "policy_file", "", "YAML or JSON file overriding policy rules; re-read within a second "
+           "when it changes."),
     Option("auth", "token_cache_size", 10000, "Most validated Keystone tokens kept in the cache; the least "
            "recently used go first."),
     # Keystone (the keystone strategy): keystonemiddleware's own [keystone_authtoken] options.

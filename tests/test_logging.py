@@ -6,13 +6,14 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from tests.support import JEROBOAM, ROOT, Process, base_env, free_port, wait_http
 
 
 def _serve(tmp_path, **settings):
     port = free_port()
-    env = base_env(tmp_path / "data", JEROBOAM_SERVER_LOG_LEVEL="info", **settings)
+    env = base_env(tmp_path / "data", JEROBOAM_SERVER_LOG_LEVEL="info", **{k: str(v) for k, v in settings.items()})
     proc = Process(["serve", "--bind", f"127.0.0.1:{port}"], env, tmp_path / "stderr.log")
     url = f"http://127.0.0.1:{port}"
     wait_http(url, proc)
@@ -23,9 +24,12 @@ def _access_lines(lines: list[str], marker: str) -> list[str]:
     return [line for line in lines if marker in line and "jeroboam.access" in line]
 
 
-def test_json_lines_in_the_log_file_one_access_line_per_request(tmp_path):
+@pytest.mark.parametrize("api_workers", [1, 2])
+def test_json_lines_in_the_log_file_one_access_line_per_request(tmp_path, api_workers):
+    """With several API processes (uvicorn's children) too: each sets up the same logging."""
     log_file = tmp_path / "jeroboam.json.log"
-    proc, url = _serve(tmp_path, JEROBOAM_DEFAULT_LOG_FILE=str(log_file), JEROBOAM_DEFAULT_USE_JSON="true")
+    proc, url = _serve(tmp_path, JEROBOAM_DEFAULT_LOG_FILE=log_file, JEROBOAM_DEFAULT_USE_JSON="true",
+                       JEROBOAM_SERVER_API_WORKERS=api_workers)
     try:
         headers = {"X-Project-Id": "p-log", "X-Roles": "member,reader"}
         for _ in range(3):

@@ -53,7 +53,9 @@ ALL_PROJECTS = ("Magnum's rule for acting on other projects' objects; in Jeroboa
                 "accepted in policy files and not consulted.")
 
 RULES: list[policy.RuleDefault] = [
-    policy.RuleDefault("context_is_admin", ADMIN, description="Who counts as an administrator."),
+    policy.RuleDefault("context_is_admin", ADMIN,
+                      description="An administrator, for rules that name it (rule:context_is_admin). "
+                                  "Which other projects' objects a caller sees follows the admin role."),
     # -- clusters
     _rule("cluster:create", MEMBER, "Create a cluster.", "POST /v1/clusters"),
     _rule("cluster:delete", MEMBER, "Delete a cluster.", f"DELETE {CLUSTER}"),

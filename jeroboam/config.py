@@ -29,6 +29,17 @@ def _default_data_dir() -> str:
 
 
 OPTIONS: list[Option] = [
+    # Logging (issue 11), named as oslo.log names them in [DEFAULT].
+    Option("DEFAULT", "debug", False, "Log at debug level, whatever [server] log_level says."),
+    Option("DEFAULT", "log_file", "", "File the log is appended to (inside log_dir when that is set); "
+           "empty: standard error, or a file named after the command in log_dir."),
+    Option("DEFAULT", "log_dir", "", "Directory of the log file; alone, each command writes "
+           "jeroboam.log (serve), jeroboam-api.log, jeroboam-worker.log or jeroboam-manage.log there."),
+    Option("DEFAULT", "use_json", False, "Write each log record as one JSON object per line "
+           "(oslo.log's JSON fields)."),
+    Option("DEFAULT", "default_log_levels", "urllib3=WARNING,docker=WARNING,keystonemiddleware=WARNING,"
+           "keystoneauth=WARNING,alembic=WARNING,stevedore=WARNING,oslo_policy=WARNING",
+           "LOGGER=LEVEL pairs, comma-separated: third-party loggers kept quieter than the rest."),
     Option("server", "bind", "127.0.0.1:9511", "HOST:PORT the API listens on."),
     Option("server", "api_workers", 1, "Number of API processes."),
     Option("server", "data_dir", _default_data_dir(), "Where the embedded database and cluster state live."),
@@ -41,7 +52,8 @@ OPTIONS: list[Option] = [
     Option("auth", "noauth_project", "default", "Project of a noauth caller that sends no X-Project-Id."),
     Option("auth", "noauth_user", "admin", "User of a noauth caller that sends no X-User-Id."),
     Option("auth", "noauth_roles", "admin,member,reader", "Roles of a noauth caller that sends no X-Roles."),
-    Option("auth", "policy_file", "", "YAML or JSON file overriding policy rules."),
+    Option("auth", "policy_file", "", "YAML or JSON file overriding policy rules; re-read within a second "
+           "when it changes."),
     Option("auth", "token_cache_size", 10000, "Most validated Keystone tokens kept in the cache; the least "
            "recently used go first."),
     # Keystone (the keystone strategy): keystonemiddleware's own [keystone_authtoken] options.

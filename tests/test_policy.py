@@ -33,7 +33,8 @@ def _blocks(sample: str) -> dict[str, str]:
 
 def test_sample_generator_documents_every_rule_with_its_requests_and_scope():
     blocks = _blocks(_tool("oslopolicy-sample-generator", "--namespace", "jeroboam"))
-    rules = list_rules()
+    # Other tests in this process register Test::* resource types the generator cannot see.
+    rules = [r for r in list_rules() if not r.name.startswith("resource_types:Test::")]
     assert {r.name for r in rules} == set(blocks)
     assert any(name.startswith("resource_types:") for name in blocks)
     for rule in rules:

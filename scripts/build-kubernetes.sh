@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Kubernetes for the `kubernetes` driver, from Debian's source package (no internet needed
+# beyond Debian's mirrors). Idempotent: when the cache is complete it only checks (<1 s).
+#
+# Leaves in $JEROBOAM_K8S_CACHE (default /var/cache/jeroboam/kubernetes/v1.20.2):
+#   bin/  kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl
+#   pause/pause      static pause binary, imported by the driver as a local image
+# and installs etcd-server, containernetworking-plugins (and the build's golang-go, gcc).
+# The system's apt sources are never changed: source entries live in a private apt directory.
+set -euo pipefail
+
+DEB_VERSION=1.20.5+really1.20.2-1.1+deb12u1
+CACHE=${JEROBOAM_K8S_CACHE:-/var/cache/jeroboam/kubernetes/v1.20.2}
+BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+say() { echo "build-kubernetes: $*"; }
+
+complete() {
+  local b
+  for b in "${BINS[@]}" kubectl; do [[ -x $CACHE/bin/$b ]] || return 1; done
+  [[ -x $CACHE/pause/pause ]] && command -v etcd >/dev/null && [[ -x /usr/lib/cni/bridge ]]
+}
+if complete; then
+  say "cached in $CACHE ($("$CACHE/bin/kube-apiserver" --version))"
+  exit 0
+fi
+
+[[ $(id -u) -eq 0 ]] || { say "must run as root" >&2; exit 1; }
+mkdir -p "$CACHE"
+# One build at a time per machine (test runs of several worktrees may start together).
+exec 9>"$CACHE/.lock"
+flock 9
+complete && { say "cached in $CACHE (built by a concurrent run)"; exit 0; }
+
+export DEBIAN_FRONTEND=noninteractive
+cleanup=()
+trap 'rm -rf "${cleanup[@]}"' EXIT
+APT_WAIT=(-o DPkg::Lock::Timeout=600)
+need=()
+command -v etcd >/dev/null || need+=(etcd-server)
+[[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
+command -v go >/dev/null || need+=(golang-go)
+command -v gcc >/dev/null || need+=(gcc libc6-dev)
+if ((${#need[@]})); then
+  say "installing ${need[*]}"
+  # The package's own etcd service must not start on the host.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d
+    cleanup+=(/usr/sbin/policy-rc.d)
+  fi
+  apt-get "${APT_WAIT[@]}" install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1 || {
+    apt-get "${APT_WAIT[@]}" update -qq
+    apt-get "${APT_WAIT[@]}" install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  }
+fi
+
+W=$CACHE/build
+rm -rf "$W"
+mkdir -p "$W/apt/parts" "$W/apt/lists/partial" "$W/apt/cache/archives/partial"
+cleanup+=("$W")
+# Source entries for the mirrors the system already uses; this source package exists in
+# bookworm only, so newer suites are pointed back at bookworm.
+sed -e 's/^Types: deb$/Types: deb-src/' \
+    -e '/^Suites:/s/\b\(trixie\|forky\|sid\)\b/bookworm/g' \
+    /etc/apt/sources.list.d/debian.sources >"$W/apt/parts/src.sources"
+O=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$W/apt/parts"
+   -o "Dir::State::Lists=$W/apt/lists" -o "Dir::Cache=$W/apt/cache")
+say "fetching source package kubernetes $DEB_VERSION (private apt lists in $W/apt)"
+apt-get "${O[@]}" update -qq
+cd "$W"
+apt-get "${O[@]}" source -qq --download-only "kubernetes=$DEB_VERSION" >/dev/null
+dpkg-source -x "kubernetes_${DEB_VERSION#*:}.dsc" k8s >/dev/null
+# kubectl matching the server (the package conflicts with other kubectl packages, so unpack it).
+sed -i 's/^Types: deb-src$/Types: deb/' "$W/apt/parts/src.sources"
+apt-get "${O[@]}" update -qq
+apt-get "${O[@]}" download -qq "kubernetes-client=$DEB_VERSION" golang-github-modern-go-reflect2-dev >/dev/null
+dpkg -x kubernetes-client_*.deb kc
+dpkg -x golang-github-modern-go-reflect2-dev_*.deb r2
+
+# The vendored reflect2 v1.0.1 crashes kube-apiserver under Go >= 1.18 ("fatal error: fault" in
+# UnsafeMapType.UnsafeIterate); Debian's reflect2 1.0.2 replaces it.
+V=k8s/vendor/github.com/modern-go/reflect2
+rm -f "$V"/*.go
+cp r2/usr/share/gocode/src/github.com/modern-go/reflect2/*.go "$V/"
+rm -f "$V"/*_test.go
+
+say "building ${BINS[*]} with $(go version | cut -d' ' -f3) (several minutes)"
+start=$SECONDS
+what=$(printf 'cmd/%s ' "${BINS[@]}")
+(cd k8s && CGO_ENABLED=0 GOPROXY=off GOFLAGS=-mod=vendor GOCACHE="$W/gocache" \
+   make WHAT="$what" >"$W/make.log" 2>&1) || { tail -40 "$W/make.log" >&2; exit 1; }
+say "built in $((SECONDS - start)) s"
+
+say "building the static pause binary"
+mkdir -p pause
+gcc -Os -static -Wall -o pause/pause k8s/build/pause/linux/pause.c
+strip pause/pause
+
+rm -rf "$CACHE/bin" "$CACHE/pause"
+mkdir -p "$CACHE/bin"
+for b in "${BINS[@]}"; do cp "k8s/_output/local/bin/linux/$(go env GOARCH)/$b" "$CACHE/bin/"; done
+cp kc/usr/bin/kubectl "$CACHE/bin/"
+mv pause "$CACHE/pause"
+cd /
+say "cached in $CACHE ($("$CACHE/bin/kube-apiserver" --version)); dropping the build tree"

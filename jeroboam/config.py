@@ -56,6 +56,13 @@ OPTIONS: list[Option] = [
     Option("drivers", "disabled_drivers", "", "Comma-separated driver names not to load."),
     Option("images", "catalog", "jeroboam-node=debian",
            "Images templates may name, as image_id=os_distro[,...]. The os_distro picks the driver."),
+    # kubernetes driver
+    Option("kubernetes", "bin_dir", "/var/cache/jeroboam/kubernetes/v1.20.2/bin",
+           "Directory of kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and "
+           "kube-proxy (scripts/build-kubernetes.sh puts them here; official release binaries "
+           "work too). Clusters report what kube-apiserver --version says."),
+    Option("kubernetes", "pause_binary", "/var/cache/jeroboam/kubernetes/v1.20.2/pause/pause",
+           "A static pause binary; imported into every node as the pod sandbox image."),
 ]
 
 

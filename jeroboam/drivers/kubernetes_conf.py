@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import json
 from dataclasses import dataclass, field
 
 import yaml
@@ -167,22 +166,6 @@ def _kubelet_config(root: str) -> str:
     }, sort_keys=False)
 
 
-def cni_config(pod_cidr: str, root: str) -> str:
-    """The node's pod network: a bridge on its podCIDR, addresses from host-local (state kept
-    in the node's directory, not the host's /var/lib/cni). Traffic between nodes is routed, not
-    masqueraded: the driver routes each podCIDR to its node."""
-    net = ipaddress.ip_network(pod_cidr)
-    return json.dumps({
-        "cniVersion": "0.4.0", "name": "jeroboam", "plugins": [
-            {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False,
-             "hairpinMode": True,
-             "ipam": {"type": "host-local", "dataDir": f"{root}/cni/ipam",
-                      "ranges": [[{"subnet": str(net), "gateway": str(net[1])}]],
-                      "routes": [{"dst": "0.0.0.0/0"}]}},
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-        ]}, indent=1)
-
-
 def _extra(spec: Spec, component: str) -> list[str]:
     return list(spec.options.get(component, []))
 
@@ -278,8 +261,11 @@ def kubelet_argv(spec: Spec, member: Member, root: str, docker_socket: str,
         "--remote-runtime-endpoint", f"unix://{root}/dockershim.sock",
         "--remote-image-endpoint", f"unix://{root}/dockershim.sock",
         "--pod-infra-container-image", PAUSE_IMAGE,
-        "--network-plugin", "cni", "--cni-bin-dir", CNI_BIN_DIR,
-        "--cni-conf-dir", f"{root}/cni/net.d", "--cni-cache-dir", f"{root}/cni/cache",
+        # kubenet: Debian's CNI bridge and host-local on the podCIDR the controller-manager
+        # gave the node, set up as soon as the kubelet learns it (a CNI config directory is
+        # re-read only every 5 s); pod-to-pod traffic is routed, the rest masqueraded
+        "--network-plugin", "kubenet", "--cni-bin-dir", CNI_BIN_DIR,
+        "--non-masquerade-cidr", spec.pod_cidr,
         "--node-labels", labels,
         *(["--register-with-taints", MASTER_TAINT] if member.master else []),
         *_extra(spec, "kubelet"),

@@ -21,10 +21,8 @@ from jeroboam.pki import KeyPair
 
 from .host import InfraError, InfraTimeout
 from .images import ImageTarball, ensure_images
-from .provider import LocalProvider, NodeSpec
+from .provider import NETWORK_TYPE, NODE_TYPE, LocalProvider, NodeSpec
 
-NETWORK_TYPE = "Jeroboam::Local::Network"
-NODE_TYPE = "Jeroboam::Local::Node"
 # Bounds of a node's start (or restart) and delete, counted across retries (wall clock, kept
 # in the resource's data): the provider's checks alone would wait forever on a hung dockerd.
 START_TIMEOUT = 90
@@ -67,17 +65,6 @@ def current() -> LocalProvider:
         raise InfraError("local provider", "not set up in this process (the swarm_local "
                          "driver sets it up when a worker starts; is it disabled?)")
     return _current
-
-
-def restart_with_ca(provider: LocalProvider, name: str, ca: KeyPair) -> None:
-    """Restart the node's dockerd with a server certificate from ``ca`` unless its certificate
-    already comes from it (a retry, or a rotation that already rolled over this node); poll
-    ``check_node_create`` after."""
-    info = provider.get_node(name)
-    if info is None:
-        raise InfraError("restart node", f"{name}: no such node")
-    if Path(info.state_dir, "tls", "ca.pem").read_text() != ca.cert_pem:
-        provider.restart_node(name, ca=ca)
 
 
 def image_path(provider: LocalProvider, path: str) -> str:
@@ -188,7 +175,7 @@ class Node(Resource):
     def update(self, old_properties, changed):
         self.data.pop("restarted", None)
         if {"ca_cert", "ca_key"} & changed:
-            restart_with_ca(current(), self._name(), self._ca())
+            current().restart_with_ca(self._name(), self._ca())
 
     def check_update_complete(self):
         if not self._started("restarted"):

@@ -16,14 +16,20 @@ See the README for the ones that mean cloud things and are ignored.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import shlex
 import subprocess
-import time
 
+import sqlalchemy as sa
+
+from jeroboam.db.models import ClusterTemplate, NodeGroup
 from jeroboam.drivers import Driver
-from jeroboam.infra import InfraError, wait_until
+from jeroboam.drivers.nodes import dead_nodes, reconcile
+from jeroboam.drivers.swarm import (_ClusterStack, _counts, _live, parse_images, stack_template)
+from jeroboam.infra import InfraError, Node, provider_for, wait_until
+from jeroboam.pki import KeyPair
 
 from . import kubernetes_conf as conf
 from . import kubernetes_nodes as knodes
@@ -38,6 +44,7 @@ OPTION_LABELS = {"kubelet_options": "kubelet", "kubeapi_options": "kube-apiserve
                  "kubescheduler_options": "kube-scheduler", "kubeproxy_options": "kube-proxy"}
 
 
+@functools.lru_cache(maxsize=8)
 def version(bin_dir: str) -> str:
     """What the binaries report (``Kubernetes v1.20.2`` -> ``v1.20.2``)."""
     out = subprocess.run([f"{bin_dir}/kube-apiserver", "--version"], capture_output=True,
@@ -97,12 +104,296 @@ def wait_ready(api: KubeAPI, hostnames: set[str], timeout: float = NODES_TIMEOUT
     wait_until(ready, timeout, "wait for the nodes to be Ready", interval=0.1, detail=detail)
 
 
+
+class _KubeStack(_ClusterStack):
+    """The cluster's stack and nodes, and the Kubernetes they run."""
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        settings = ctx.task.settings
+        self.bin_dir = settings.get("kubernetes", "bin_dir")
+        self.pause = settings.get("kubernetes", "pause_binary")
+        self.labels = {**ctx.template.labels, **self.cluster.labels}
+        self.groups = _live(ctx.nodegroups())
+
+    def template(self, groups) -> dict:
+        template = stack_template(self.provider, self.cluster, groups)
+        template["description"] = f"Kubernetes cluster {self.cluster.name} ({self.cluster.uuid})"
+        return template
+
+    def layout(self) -> tuple[conf.Spec, list[tuple[Node, conf.Member]]]:
+        """The cluster's Kubernetes spec and (node, member) pairs, masters first."""
+        members = self.members(self.groups)
+        pairs = [(node, conf.Member(node.hostname, node.address, group.role == "master",
+                                    group.name))
+                 for group in sorted(self.groups, key=lambda g: g.role != "master")
+                 for node in members[group.uuid]]
+        masters = [m for _, m in pairs if m.master]
+        if not masters:
+            raise InfraError("lay out the cluster", "no master node is up")
+        return cluster_spec(self.cluster.uuid, self.labels, masters, self.bin_dir), pairs
+
+    def api(self, spec: conf.Spec | None = None, ca: KeyPair | None = None) -> KubeAPI:
+        spec = spec or self.layout()[0]
+        return KubeAPI(conf.api_address(spec.masters), ca or self.ctx.ca())
+
+    # --- steps ------------------------------------------------------------------------
+
+    def configure(self, only_new: bool = False, ca: KeyPair | None = None) -> None:
+        """Certificates, kubeconfigs and the pause image on every node (with ``only_new``:
+        on nodes whose kubelet never started)."""
+        version(self.bin_dir)  # fail early, and clearly, without binaries
+        spec, pairs = self.layout()
+        ca = ca or self.ctx.ca()
+        if only_new:
+            pairs = [(n, m) for n, m in pairs if not _started(n)]
+
+        def prepare(pair):
+            node, member = pair
+            knodes.put_files(node, spec, member, ca)
+            knodes.import_pause(node, self.pause)
+        knodes.parallel(prepare, pairs)
+
+    def start_control_plane(self) -> None:
+        spec, pairs = self.layout()
+        knodes.parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]),
+                                               knodes.CONTROL_PLANE),
+                        [p for p in pairs if p[1].master])
+        wait_api(self.api(spec))
+
+    def start_agents(self) -> None:
+        spec, pairs = self.layout()
+        knodes.parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]),
+                                               knodes.NODE_AGENTS), pairs)
+
+    def route_pods(self) -> None:
+        """Once every node has its podCIDR: a route to each from every other node."""
+        spec, pairs = self.layout()
+        registered = wait_nodes(self.api(spec), {m.hostname for _, m in pairs})
+        address = {m.hostname: m.address for _, m in pairs}
+        cidrs = {h: registered[h]["spec"]["podCIDR"] for h in address}
+        knodes.parallel(lambda p: knodes.route_pods(
+            p[0], {cidrs[h]: address[h] for h in address if h != p[1].hostname}, spec.pod_cidr),
+            pairs)
+
+    def wait_ready(self) -> None:
+        spec, pairs = self.layout()
+        wait_ready(self.api(spec), {m.hostname for _, m in pairs})
+
+    def drain(self, names: list[str]) -> None:
+        """Cordon, drain and delete the Node objects of nodes about to go."""
+        leaving = [n for name in names if (n := self.provider.get_node(name))]
+        if not leaving:
+            return
+        api = self.api()
+        if not api.ready():
+            self.ctx.event("the Kubernetes API does not answer: nodes go without draining")
+            return
+        knodes.parallel(lambda n: api.drain(n.hostname), leaving)
+
+    def report(self) -> None:
+        spec, pairs = self.layout()
+        members = self.members(self.groups)
+        api = self.api(spec)
+        health, reason = assess(api)
+        coe_version = version(self.bin_dir)
+        self.ctx.update_cluster(api_address=conf.api_address(spec.masters),
+                                coe_version=coe_version, container_version=_docker_version(pairs),
+                                stack_id=self.id, health_status=health,
+                                health_status_reason=reason)
+        for group in self.groups:
+            self.ctx.update_nodegroup(group.uuid, stack_id=self.id,
+                                      node_addresses=[n.address for n in members[group.uuid]])
+
+
+def _started(node: Node) -> bool:
+    return node.process_pid("kubelet") is not None
+
+
+def _docker_version(pairs) -> str | None:
+    node = pairs[0][0]
+    client = node.client(timeout=5)
+    try:
+        return client.version()["Version"]
+    finally:
+        client.close()
+
+
+HEALTHY, UNHEALTHY = "HEALTHY", "UNHEALTHY"
+
+
+def assess(api: KubeAPI) -> tuple[str, dict]:
+    """As Magnum's Kubernetes monitor: ``{"api": <healthz>, "<node>.Ready": bool, ...}``;
+    HEALTHY when the API says ok and every node is Ready."""
+    reason = {}
+    try:
+        reason["api"] = api.healthz()
+        for node in api.nodes():
+            reason[f"{node['metadata']['name']}.Ready"] = ready_condition(node)
+    except APIError as exc:
+        reason["api"] = str(exc)
+        return UNHEALTHY, reason
+    healthy = reason["api"] == "ok" and all(v for k, v in reason.items() if k != "api")
+    return (HEALTHY if healthy else UNHEALTHY), reason
+
+
+CREATE_STEPS = ["create stack", "start nodes", "configure nodes", "start control plane",
+                "start kubelets", "route pods", "wait for nodes", "report addresses"]
+CONVERGE_STEPS = ["choose nodes", "drain nodes", "update nodes", "configure nodes",
+                  "start kubelets", "route pods", "wait for nodes", "report addresses"]
+
+
 class KubernetesDriver(Driver):
     provides = [{"server_type": "local", "os": "debian", "coe": "kubernetes"}]
 
-    def validate_master_size(self, master_count: int) -> str | None:
-        return super().validate_master_size(master_count)
+    def create_cluster(self, ctx) -> None:
+        s = _KubeStack(ctx)
+        ctx.plan(CREATE_STEPS)
+
+        def create_stack() -> None:
+            if s.get() is None:
+                ca = ctx.ca()
+                params = {"ca_cert": ca.cert_pem, "ca_key": ca.key_pem,
+                          "images": parse_images(s.labels), **_counts(s.groups, {})}
+                s.engine.create_stack(f"{s.cluster.name}-{s.cluster.uuid}"[-255:],
+                                      s.template(s.groups), params,
+                                      project_id=s.cluster.project_id,
+                                      timeout_mins=s.cluster.create_timeout, stack_id=s.id)
+            ctx.update_cluster(stack_id=s.id)
+
+        ctx.run_step("create stack", create_stack)
+        ctx.run_step("start nodes", lambda: s.run("CREATE"))
+        ctx.run_step("configure nodes", s.configure)
+        ctx.run_step("start control plane", s.start_control_plane)
+        ctx.run_step("start kubelets", s.start_agents)
+        ctx.run_step("route pods", s.route_pods)
+        ctx.run_step("wait for nodes", s.wait_ready)
+        ctx.run_step("report addresses", s.report)
+
+    def delete_cluster(self, ctx) -> None:
+        s = _KubeStack(ctx)
+        ctx.plan(["delete nodes", "clean up host"])
+
+        def delete_stack() -> None:
+            stack = s.get()
+            if stack is None:
+                return
+            if stack.action != "DELETE":
+                s.settle()
+            s.engine.delete_stack(s.id)
+            s.run("DELETE")
+
+        def clean_up() -> None:
+            prefix = f"{s.cluster.uuid}/"
+            left = [n.name for n in s.provider.nodes() if n.node_id.startswith(prefix)]
+            s.provider.destroy_nodes(left)
+            if s.provider.get_network(s.cluster.uuid) is not None:
+                s.provider.delete_network(s.cluster.uuid)
+
+        ctx.run_step("delete nodes", delete_stack)
+        ctx.run_step("clean up host", clean_up)
+
+    def update_cluster(self, ctx) -> None:
+        self._converge(ctx)
+
+    def resize_cluster(self, ctx, nodegroup: str, node_count: int,
+                       nodes_to_remove: list[str]) -> None:
+        self._converge(ctx, {nodegroup: nodes_to_remove})
+
+    def upgrade_cluster(self, ctx, template_uuid: str, max_batch_size: int,
+                        nodegroup: str) -> None:
+        """Import the tarballs the new template names into every node (the Kubernetes version
+        is the binaries')."""
+        with ctx.task.session_factory() as session:
+            labels = session.scalar(sa.select(ClusterTemplate.labels)
+                                    .where(ClusterTemplate.uuid == template_uuid))
+        self._converge(ctx, images=parse_images(labels or {}))
+
+    def create_nodegroup(self, ctx, nodegroup: str) -> None:
+        self._converge(ctx)
+
+    def update_nodegroup(self, ctx, nodegroup: str) -> None:
+        self._converge(ctx)
+
+    def delete_nodegroup(self, ctx, nodegroup: str) -> None:
+        self._converge(ctx)
+
+    def rotate_ca_certificate(self, ctx, new_ca: KeyPair) -> None:
+        """Every node restarts (its dockerd's certificate comes from the new CA) and gets every
+        Kubernetes certificate anew; etcd keeps its data. Kubeconfigs from the old CA stop
+        working."""
+        s = _KubeStack(ctx)
+        s.update(s.groups, {"ca_cert": new_ca.cert_pem, "ca_key": new_ca.key_pem})
+        s.configure(ca=new_ca)
+        spec, pairs = s.layout()
+        knodes.parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]),
+                                               knodes.CONTROL_PLANE),
+                        [p for p in pairs if p[1].master])
+        wait_api(s.api(spec, new_ca))
+        knodes.parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]),
+                                               knodes.NODE_AGENTS), pairs)
+        wait_ready(s.api(spec, new_ca), {m.hostname for _, m in pairs})
+
+    def periodic_tasks(self, settings):
+        from .kubernetes_health import MONITOR_INTERVAL, Monitor
+        return [(MONITOR_INTERVAL, Monitor(self.name, settings))]
+
+    def on_worker_start(self, session_factory, settings) -> None:
+        for server_type in sorted({p["server_type"] for p in self.provides}):
+            try:
+                provider = provider_for(server_type, settings)
+            except InfraError as exc:
+                LOG.warning("the %s provider cannot work in this worker: %s", server_type, exc)
+                continue
+            try:
+                reconcile(provider, session_factory)
+            except Exception:
+                LOG.exception("reconciling the %s provider with the database failed",
+                              server_type)
+
+    def _converge(self, ctx, remove: dict[str, list[str]] | None = None,
+                  images: list[dict] | None = None) -> None:
+        s = _KubeStack(ctx)
+        everything = ctx.nodegroups()
+        groups = s.groups
+        ctx.plan(CONVERGE_STEPS)
+
+        def choose() -> None:
+            members = s.members(everything)
+            removals, leaving = {}, []
+            for group in groups:
+                nodes = members[group.uuid]
+                gone = [] if group.role == "master" else dead(s.provider, nodes)
+                wanted = (remove or {}).get(group.uuid, [])
+                keys = {k: n for n in nodes for k in (n.name, n.hostname, n.address, n.node_id)}
+                missing = [w for w in wanted if w not in keys]
+                if missing:
+                    raise InfraError("choose nodes", f"{', '.join(missing)}: not nodes of "
+                                     f"nodegroup {group.name}")
+                gone += [keys[w] for w in wanted if keys[w] not in gone]
+                survivors = [n for n in nodes if n not in gone]
+                gone += survivors[group.node_count:]  # else the newest go
+                removals[group.uuid] = [n.name for n in gone]
+                leaving += gone
+            leaving += [n for g in everything if g not in groups for n in members[g.uuid]]
+            ctx.save_payload(removals=removals, drain=[n.name for n in leaving])
+            if leaving:
+                ctx.event(f"nodes to remove: {', '.join(n.hostname for n in leaving)}")
+
+        ctx.run_step("choose nodes", choose)
+        ctx.run_step("drain nodes", lambda: s.drain(ctx.payload["drain"]))
+        params = _counts(groups, ctx.payload["removals"])
+        if images is not None:
+            params["images"] = images
+        ctx.run_step("update nodes", lambda: s.update(groups, params))
+        ctx.run_step("configure nodes", lambda: s.configure(only_new=True))
+        ctx.run_step("start kubelets", s.start_agents)
+        ctx.run_step("route pods", s.route_pods)
+        ctx.run_step("wait for nodes", s.wait_ready)
+        ctx.run_step("report addresses", s.report)
 
 
-def _now() -> float:
-    return time.monotonic()
+def dead(provider, nodes: list[Node]) -> list[Node]:
+    """Nodes to replace: dockerd gone, or kubelet not running (it is never restarted)."""
+    down = dead_nodes(provider, nodes)
+    return down + [n for n in nodes if n not in down and not _started(n)]

@@ -126,6 +126,9 @@ def node_files(spec: Spec, member: Member, ca: KeyPair, root: str) -> dict[str, 
     client("kubelet.kubeconfig", f"system:node:{member.hostname}", "system:nodes")
     pair("kubelet", issue_server_cert(ca, member.hostname, [member.address], [member.hostname]))
     client("kube-proxy.kubeconfig", "system:kube-proxy")
+    docker = issue_client_cert(ca, f"kubelet-{member.hostname}")
+    files.update({"pki/docker/ca.pem": ca.cert_pem, "pki/docker/cert.pem": docker.cert_pem,
+                  "pki/docker/key.pem": docker.key_pem})
     files["kubelet.yaml"] = _kubelet_config(root)
     for path, value in KUBELET_SYSCTLS.items():
         files[f"sysctl/{path.replace('/', '.')}"] = value + "\n"
@@ -244,8 +247,14 @@ def scheduler_argv(spec: Spec, member: Member, root: str) -> list[str]:
     ]
 
 
-def kubelet_argv(spec: Spec, member: Member, root: str, docker_socket: str,
-                 cgroup_root: str) -> list[str]:
+def kubelet_env(root: str, docker_api: str) -> dict[str, str]:
+    """The kubelet reaches its node's dockerd the provider-neutral way: the node's TLS endpoint
+    with a client certificate from the cluster CA (docker's own environment variables)."""
+    return {"DOCKER_HOST": docker_api, "DOCKER_TLS_VERIFY": "1",
+            "DOCKER_CERT_PATH": f"{root}/pki/docker"}
+
+
+def kubelet_argv(spec: Spec, member: Member, root: str, cgroup_root: str) -> list[str]:
     labels = f"{ROLE_LABEL}={'master' if member.master else 'worker'}"
     if member.nodegroup:
         labels += f",{NODEGROUP_LABEL}={member.nodegroup}"
@@ -256,7 +265,8 @@ def kubelet_argv(spec: Spec, member: Member, root: str, docker_socket: str,
         "--hostname-override", member.hostname, "--node-ip", member.address,
         "--address", member.address, "--healthz-bind-address", member.address,
         "--cgroup-root", cgroup_root,
-        "--container-runtime", "docker", "--docker-endpoint", f"unix://{docker_socket}",
+        # empty: the endpoint comes from kubelet_env
+        "--container-runtime", "docker", "--docker-endpoint", "",
         "--experimental-dockershim-root-directory", f"{root}/dockershim",
         "--remote-runtime-endpoint", f"unix://{root}/dockershim.sock",
         "--remote-image-endpoint", f"unix://{root}/dockershim.sock",

@@ -29,7 +29,8 @@ def root(node: Node) -> str:
 def put_files(node: Node, spec: conf.Spec, member: conf.Member, ca) -> None:
     base = root(node)
     for rel, text in conf.node_files(spec, member, ca, base).items():
-        node.put_file(f"{ROOT}/{rel}", text, 0o600 if rel.endswith("-key.pem") else 0o644)
+        private = rel.endswith(("key.pem", ".kubeconfig"))
+        node.put_file(f"{ROOT}/{rel}", text, 0o600 if private else 0o644)
     for mount_source in ("log", "cni"):
         node.put_file(f"{ROOT}/{mount_source}/.keep", "", 0o644)
 
@@ -71,9 +72,9 @@ def processes(node: Node, spec: conf.Spec, member: conf.Member,
                            ("kube-controller-manager", conf.controller_manager_argv(spec, member, base)),
                            ("kube-scheduler", conf.scheduler_argv(spec, member, base))):
             procs.append(ProcessSpec(name, tuple(argv), restart=True))
-    kubelet = conf.kubelet_argv(spec, member, base, node.docker_socket,
-                                f"{node.cgroup_parent}/kubelet")
-    procs.append(ProcessSpec("kubelet", tuple(kubelet), mounts=_mounts(node)))
+    kubelet = conf.kubelet_argv(spec, member, base, f"{node.cgroup_parent}/kubelet")
+    procs.append(ProcessSpec("kubelet", tuple(kubelet), conf.kubelet_env(base, node.api_address),
+                             mounts=_mounts(node)))
     procs.append(ProcessSpec("kube-proxy", tuple(conf.kube_proxy_argv(spec, member, base)),
                              restart=True))
     return procs

@@ -229,11 +229,11 @@ def assess(api: KubeAPI) -> tuple[str, dict]:
     try:
         reason["api"] = api.healthz()
         for node in api.nodes():
-            reason[f"{node['metadata']['name']}.Ready"] = ready_condition(node)
+            reason[f"{node['metadata']['name']}.Ready"] = str(ready_condition(node))
     except APIError as exc:
         reason["api"] = str(exc)
         return UNHEALTHY, reason
-    healthy = reason["api"] == "ok" and all(v for k, v in reason.items() if k != "api")
+    healthy = reason["api"] == "ok" and all(v == "True" for k, v in reason.items() if k != "api")
     return (HEALTHY if healthy else UNHEALTHY), reason
 
 

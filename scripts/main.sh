@@ -24,6 +24,9 @@ curl -sf "$URL/healthcheck" >/dev/null || { echo "jeroboam did not start; see $D
 if [[ -x scripts/demo-cluster.sh ]]; then
   bash scripts/demo-cluster.sh "$URL"
 fi
+if [[ ${JEROBOAM_DEMO_KUBERNETES:-1} != 0 ]]; then
+  bash scripts/demo-kubernetes.sh "$URL"
+fi
 
 cat <<EOT
 

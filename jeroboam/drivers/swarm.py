@@ -30,7 +30,7 @@ from jeroboam.drivers import swarm_ops as swarm
 from jeroboam.drivers.nodes import dead_nodes, reconcile
 from jeroboam.drivers.swarm_health import (MONITOR_INTERVAL, Monitor, assess, by_hostname,
                                            swarm_view)
-from jeroboam.infra import InfraError, Node, Provider, provider_for, wait_until
+from jeroboam.infra import InfraError, Node, Provider, provider_for, server_types, wait_until
 from jeroboam.orchestration.engine import Engine
 from jeroboam.orchestration.sql_store import SqlStore
 from jeroboam.orchestration.store import COMPLETE, DELETE, IN_PROGRESS, StackRecord
@@ -267,8 +267,11 @@ def _parallel(fn, items: list) -> None:
 
 
 class SwarmDriver(Driver):
-    provides = [{"server_type": "local", "os": "debian", "coe": "swarm-mode"},
-                {"server_type": "local", "os": "debian", "coe": "swarm"}]
+    @property
+    def provides(self) -> list[dict]:
+        # every provider's nodes run a dockerd: a swarm can be made of any of them
+        return [{"server_type": t, "os": "debian", "coe": coe}
+                for t in server_types() for coe in ("swarm-mode", "swarm")]
 
     # --- cluster life cycle ------------------------------------------------------------
 
@@ -371,7 +374,7 @@ class SwarmDriver(Driver):
         return [(MONITOR_INTERVAL, Monitor(self.name, settings))]
 
     def on_worker_start(self, session_factory, settings) -> None:
-        for server_type in sorted({p["server_type"] for p in self.provides}):
+        for server_type in server_types():
             try:
                 # also the resources' provider, for stacks of the Stacks API
                 provider = provider_for(server_type, settings)

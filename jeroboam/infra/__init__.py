@@ -15,11 +15,17 @@ from .base import InfraError, InfraTimeout, Mount, Node, ProcessSpec, Provider, 
 GROUP = "jeroboam.infra.providers"
 
 __all__ = ["GROUP", "InfraError", "InfraTimeout", "Mount", "Node", "ProcessSpec", "Provider",
-           "ProviderNotFound", "provider_class", "provider_for", "wait_until"]
+           "ProviderNotFound", "provider_class", "provider_for", "server_types", "wait_until"]
 
 
 class ProviderNotFound(InfraError):
     pass
+
+
+@functools.lru_cache(maxsize=None)
+def server_types() -> tuple[str, ...]:
+    """The server_types the installed providers serve."""
+    return tuple(sorted({ep.name for ep in entry_points(group=GROUP)}))
 
 
 @functools.lru_cache(maxsize=None)

@@ -67,7 +67,7 @@ def test_a_process_runs_in_the_node_with_node_wide_private_mounts(node):
     host_value = Path(SYSCTL).read_text()
     value = str(int(host_value) + 7)
     scratch = Path(node.path("scratch"))
-    scratch.mkdir(exist_ok=True)
+    scratch.mkdir(parents=True, exist_ok=True)
     script = f"cat {SYSCTL}; hostname; cat /sys/class/net/eth0/address; exec sleep 600"
     spec = ProcessSpec("probe", ("sh", "-c", script), mounts=(
         Mount(SYSCTL, source=node.put_file("sysctl/panic", f"{value}\n")),

@@ -16,34 +16,34 @@ if [[ ! -x $VENV/bin/openstack ]]; then
   "$VENV/bin/pip" install -q python-openstackclient python-magnumclient
 fi
 export OS_AUTH_TYPE=none OS_ENDPOINT=$URL/v1
-os() { "$VENV/bin/openstack" coe "$@"; }
+coe() { "$VENV/bin/openstack" coe "$@"; }
 
-if ! os cluster template show "$NAME" >/dev/null 2>&1; then
-  os cluster template create "$NAME" --coe kubernetes --image jeroboam-node --server-type local \
+if ! coe cluster template show "$NAME" >/dev/null 2>&1; then
+  coe cluster template create "$NAME" --coe kubernetes --image jeroboam-node --server-type local \
     --external-network none >/dev/null
   echo "cluster template $NAME created (coe kubernetes)"
 fi
-status=$(os cluster show "$NAME" -f value -c status 2>/dev/null || true)
+status=$(coe cluster show "$NAME" -f value -c status 2>/dev/null || true)
 if [[ $status == *_FAILED ]]; then
   echo "cluster $NAME is $status: deleting it"
-  os cluster delete "$NAME"
-  while os cluster show "$NAME" >/dev/null 2>&1; do sleep 1; done
+  coe cluster delete "$NAME"
+  while coe cluster show "$NAME" >/dev/null 2>&1; do sleep 1; done
   status=
 fi
 started=$SECONDS
 if [[ -z $status ]]; then
   echo "\$ openstack coe cluster create $NAME --cluster-template $NAME --master-count 1 --node-count 2"
-  os cluster create "$NAME" --cluster-template "$NAME" --master-count 1 --node-count 2
+  coe cluster create "$NAME" --cluster-template "$NAME" --master-count 1 --node-count 2
 fi
-while [[ $(os cluster show "$NAME" -f value -c status) == *_IN_PROGRESS ]]; do sleep 1; done
-os cluster show "$NAME" -f value -c status -c api_address -c coe_version -c health_status \
+while [[ $(coe cluster show "$NAME" -f value -c status) == *_IN_PROGRESS ]]; do sleep 1; done
+coe cluster show "$NAME" -f value -c status -c api_address -c coe_version -c health_status \
   | paste -sd' ' | sed "s/^/cluster $NAME (after $((SECONDS - started)) s): /"
-[[ $(os cluster show "$NAME" -f value -c status) == *_COMPLETE ]] || exit 1
+[[ $(coe cluster show "$NAME" -f value -c status) == *_COMPLETE ]] || exit 1
 
 mkdir -p "$DIR"
 echo
 echo "\$ openstack coe cluster config $NAME --dir $DIR --force"
-eval "$(SHELL=/bin/bash os cluster config "$NAME" --dir "$DIR" --force | tee /dev/stderr)"
+eval "$(SHELL=/bin/bash coe cluster config "$NAME" --dir "$DIR" --force | tee /dev/stderr)"
 echo "\$ kubectl get nodes -o wide"
 "$KUBECTL" get nodes -o wide
 cat <<EOT

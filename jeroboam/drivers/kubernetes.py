@@ -28,7 +28,7 @@ from jeroboam.db.models import ClusterTemplate, NodeGroup
 from jeroboam.drivers import Driver
 from jeroboam.drivers.nodes import dead_nodes, reconcile
 from jeroboam.drivers.swarm import (_ClusterStack, _counts, _live, parse_images, stack_template)
-from jeroboam.infra import InfraError, Node, provider_for, wait_until
+from jeroboam.infra import InfraError, Node, provider_for, server_types, wait_until
 from jeroboam.pki import KeyPair
 
 from . import kubernetes_conf as conf
@@ -244,7 +244,10 @@ CONVERGE_STEPS = ["choose nodes", "drain nodes", "update nodes", "configure node
 
 
 class KubernetesDriver(Driver):
-    provides = [{"server_type": "local", "os": "debian", "coe": "kubernetes"}]
+    @property
+    def provides(self) -> list[dict]:
+        # any provider's nodes will do: a dockerd, files, supervised processes
+        return [{"server_type": t, "os": "debian", "coe": "kubernetes"} for t in server_types()]
 
     def create_cluster(self, ctx) -> None:
         s = _KubeStack(ctx)
@@ -339,7 +342,7 @@ class KubernetesDriver(Driver):
         return [(MONITOR_INTERVAL, Monitor(self.name, settings))]
 
     def on_worker_start(self, session_factory, settings) -> None:
-        for server_type in sorted({p["server_type"] for p in self.provides}):
+        for server_type in server_types():
             try:
                 provider = provider_for(server_type, settings)
             except InfraError as exc:

@@ -24,11 +24,12 @@ import subprocess
 
 import sqlalchemy as sa
 
-from jeroboam.db.models import ClusterTemplate, NodeGroup
+from jeroboam.db.models import ClusterTemplate
 from jeroboam.drivers import Driver
-from jeroboam.drivers.nodes import dead_nodes, reconcile
-from jeroboam.drivers.swarm import (_ClusterStack, _counts, _live, parse_images, stack_template)
-from jeroboam.infra import InfraError, Node, provider_for, server_types, wait_until
+from jeroboam.drivers.nodes import dead_nodes
+from jeroboam.drivers.stack import (ClusterStack, counts, live, parallel, parse_images,
+                                    reconcile_providers)
+from jeroboam.infra import InfraError, Node, server_types, wait_until
 from jeroboam.pki import KeyPair
 
 from . import kubernetes_conf as conf
@@ -105,8 +106,10 @@ def wait_ready(api: KubeAPI, hostnames: set[str], timeout: float = NODES_TIMEOUT
 
 
 
-class _KubeStack(_ClusterStack):
+class _KubeStack(ClusterStack):
     """The cluster's stack and nodes, and the Kubernetes they run."""
+
+    kind = "Kubernetes"
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -114,12 +117,7 @@ class _KubeStack(_ClusterStack):
         self.bin_dir = settings.get("kubernetes", "bin_dir")
         self.pause = settings.get("kubernetes", "pause_binary")
         self.labels = {**ctx.template.labels, **self.cluster.labels}
-        self.groups = _live(ctx.nodegroups())
-
-    def template(self, groups) -> dict:
-        template = stack_template(self.provider, self.cluster, groups)
-        template["description"] = f"Kubernetes cluster {self.cluster.name} ({self.cluster.uuid})"
-        return template
+        self.groups = live(ctx.nodegroups())
 
     def layout(self) -> tuple[conf.Spec, list[tuple[Node, conf.Member]]]:
         """The cluster's Kubernetes spec and (node, member) pairs, masters first."""
@@ -152,18 +150,18 @@ class _KubeStack(_ClusterStack):
             node, member = pair
             knodes.put_files(node, spec, member, ca)
             knodes.import_pause(node, self.pause)
-        knodes.parallel(prepare, pairs)
+        parallel(prepare, pairs)
 
     def start_control_plane(self) -> None:
         spec, pairs = self.layout()
-        knodes.parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]),
+        parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]),
                                                knodes.CONTROL_PLANE),
                         [p for p in pairs if p[1].master])
         wait_api(self.api(spec))
 
     def start_agents(self) -> None:
         spec, pairs = self.layout()
-        knodes.parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]),
+        parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]),
                                                knodes.NODE_AGENTS), pairs)
 
     def route_pods(self) -> None:
@@ -172,7 +170,7 @@ class _KubeStack(_ClusterStack):
         registered = wait_nodes(self.api(spec), {m.hostname for _, m in pairs})
         address = {m.hostname: m.address for _, m in pairs}
         cidrs = {h: registered[h]["spec"]["podCIDR"] for h in address}
-        knodes.parallel(lambda p: knodes.route_pods(
+        parallel(lambda p: knodes.route_pods(
             p[0], {cidrs[h]: address[h] for h in address if h != p[1].hostname}, spec.pod_cidr),
             pairs)
 
@@ -189,7 +187,12 @@ class _KubeStack(_ClusterStack):
         if not api.ready():
             self.ctx.event("the Kubernetes API does not answer: nodes go without draining")
             return
-        knodes.parallel(lambda n: api.drain(n.hostname), leaving)
+        parallel(lambda n: api.drain(n.hostname), leaving)
+
+    def dead(self, group, nodes: list[Node]) -> list[Node]:
+        """Workers whose dockerd is gone or whose kubelet is not running (it is never
+        restarted); masters are etcd members, which a converge does not replace."""
+        return [] if group.role == "master" else dead(self.provider, nodes)
 
     def report(self) -> None:
         spec, pairs = self.layout()
@@ -208,6 +211,12 @@ class _KubeStack(_ClusterStack):
 
 def _started(node: Node) -> bool:
     return node.process_pid("kubelet") is not None
+
+
+def dead(provider, nodes: list[Node]) -> list[Node]:
+    """Nodes whose dockerd is gone or whose kubelet is not running."""
+    down = dead_nodes(provider, nodes)
+    return down + [n for n in nodes if n not in down and not _started(n)]
 
 
 def _docker_version(pairs) -> str | None:
@@ -252,19 +261,7 @@ class KubernetesDriver(Driver):
     def create_cluster(self, ctx) -> None:
         s = _KubeStack(ctx)
         ctx.plan(CREATE_STEPS)
-
-        def create_stack() -> None:
-            if s.get() is None:
-                ca = ctx.ca()
-                params = {"ca_cert": ca.cert_pem, "ca_key": ca.key_pem,
-                          "images": parse_images(s.labels), **_counts(s.groups, {})}
-                s.engine.create_stack(f"{s.cluster.name}-{s.cluster.uuid}"[-255:],
-                                      s.template(s.groups), params,
-                                      project_id=s.cluster.project_id,
-                                      timeout_mins=s.cluster.create_timeout, stack_id=s.id)
-            ctx.update_cluster(stack_id=s.id)
-
-        ctx.run_step("create stack", create_stack)
+        ctx.run_step("create stack", lambda: s.create(s.groups))
         ctx.run_step("start nodes", lambda: s.run("CREATE"))
         ctx.run_step("configure nodes", s.configure)
         ctx.run_step("start control plane", s.start_control_plane)
@@ -274,27 +271,7 @@ class KubernetesDriver(Driver):
         ctx.run_step("report addresses", s.report)
 
     def delete_cluster(self, ctx) -> None:
-        s = _KubeStack(ctx)
-        ctx.plan(["delete nodes", "clean up host"])
-
-        def delete_stack() -> None:
-            stack = s.get()
-            if stack is None:
-                return
-            if stack.action != "DELETE":
-                s.settle()
-            s.engine.delete_stack(s.id)
-            s.run("DELETE")
-
-        def clean_up() -> None:
-            prefix = f"{s.cluster.uuid}/"
-            left = [n.name for n in s.provider.nodes() if n.node_id.startswith(prefix)]
-            s.provider.destroy_nodes(left)
-            if s.provider.get_network(s.cluster.uuid) is not None:
-                s.provider.delete_network(s.cluster.uuid)
-
-        ctx.run_step("delete nodes", delete_stack)
-        ctx.run_step("clean up host", clean_up)
+        _KubeStack(ctx).delete()
 
     def update_cluster(self, ctx) -> None:
         self._converge(ctx)
@@ -329,11 +306,11 @@ class KubernetesDriver(Driver):
         s.update(s.groups, {"ca_cert": new_ca.cert_pem, "ca_key": new_ca.key_pem})
         s.configure(ca=new_ca)
         spec, pairs = s.layout()
-        knodes.parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]),
+        parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]),
                                                knodes.CONTROL_PLANE),
                         [p for p in pairs if p[1].master])
         wait_api(s.api(spec, new_ca))
-        knodes.parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]),
+        parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]),
                                                knodes.NODE_AGENTS), pairs)
         wait_ready(s.api(spec, new_ca), {m.hostname for _, m in pairs})
 
@@ -342,61 +319,20 @@ class KubernetesDriver(Driver):
         return [(MONITOR_INTERVAL, Monitor(self.name, settings))]
 
     def on_worker_start(self, session_factory, settings) -> None:
-        for server_type in server_types():
-            try:
-                provider = provider_for(server_type, settings)
-            except InfraError as exc:
-                LOG.warning("the %s provider cannot work in this worker: %s", server_type, exc)
-                continue
-            try:
-                reconcile(provider, session_factory)
-            except Exception:
-                LOG.exception("reconciling the %s provider with the database failed",
-                              server_type)
+        reconcile_providers(session_factory, settings)
 
     def _converge(self, ctx, remove: dict[str, list[str]] | None = None,
                   images: list[dict] | None = None) -> None:
         s = _KubeStack(ctx)
-        everything = ctx.nodegroups()
-        groups = s.groups
         ctx.plan(CONVERGE_STEPS)
-
-        def choose() -> None:
-            members = s.members(everything)
-            removals, leaving = {}, []
-            for group in groups:
-                nodes = members[group.uuid]
-                gone = [] if group.role == "master" else dead(s.provider, nodes)
-                wanted = (remove or {}).get(group.uuid, [])
-                keys = {k: n for n in nodes for k in (n.name, n.hostname, n.address, n.node_id)}
-                missing = [w for w in wanted if w not in keys]
-                if missing:
-                    raise InfraError("choose nodes", f"{', '.join(missing)}: not nodes of "
-                                     f"nodegroup {group.name}")
-                gone += [keys[w] for w in wanted if keys[w] not in gone]
-                survivors = [n for n in nodes if n not in gone]
-                gone += survivors[group.node_count:]  # else the newest go
-                removals[group.uuid] = [n.name for n in gone]
-                leaving += gone
-            leaving += [n for g in everything if g not in groups for n in members[g.uuid]]
-            ctx.save_payload(removals=removals, drain=[n.name for n in leaving])
-            if leaving:
-                ctx.event(f"nodes to remove: {', '.join(n.hostname for n in leaving)}")
-
-        ctx.run_step("choose nodes", choose)
+        ctx.run_step("choose nodes", lambda: s.choose(remove))
         ctx.run_step("drain nodes", lambda: s.drain(ctx.payload["drain"]))
-        params = _counts(groups, ctx.payload["removals"])
+        params = counts(s.groups, ctx.payload["removals"])
         if images is not None:
             params["images"] = images
-        ctx.run_step("update nodes", lambda: s.update(groups, params))
+        ctx.run_step("update nodes", lambda: s.update(s.groups, params))
         ctx.run_step("configure nodes", lambda: s.configure(only_new=True))
         ctx.run_step("start kubelets", s.start_agents)
         ctx.run_step("route pods", s.route_pods)
         ctx.run_step("wait for nodes", s.wait_ready)
         ctx.run_step("report addresses", s.report)
-
-
-def dead(provider, nodes: list[Node]) -> list[Node]:
-    """Nodes to replace: dockerd gone, or kubelet not running (it is never restarted)."""
-    down = dead_nodes(provider, nodes)
-    return down + [n for n in nodes if n not in down and not _started(n)]

@@ -17,7 +17,7 @@ from jeroboam.pki import KeyPair
 
 from .kubernetes import HEALTHY, assess, dead
 from .kubernetes_api import KubeAPI
-from .kubernetes_nodes import parallel
+from .stack import parallel
 
 LOG = logging.getLogger("jeroboam.drivers.kubernetes")
 

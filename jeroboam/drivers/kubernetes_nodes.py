@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 
 from jeroboam.infra import InfraError, Mount, Node, ProcessSpec
@@ -72,7 +71,7 @@ def processes(node: Node, spec: conf.Spec, member: conf.Member,
                            ("kube-controller-manager", conf.controller_manager_argv(spec, member, base)),
                            ("kube-scheduler", conf.scheduler_argv(spec, member, base))):
             procs.append(ProcessSpec(name, tuple(argv), restart=True))
-    kubelet = conf.kubelet_argv(spec, member, base, f"{node.cgroup_parent}/kubelet")
+    kubelet = conf.kubelet_argv(spec, member, base, cgroup_root(node))
     procs.append(ProcessSpec("kubelet", tuple(kubelet), conf.kubelet_env(base, node.api_address),
                              mounts=_mounts(node)))
     procs.append(ProcessSpec("kube-proxy", tuple(conf.kube_proxy_argv(spec, member, base)),
@@ -80,12 +79,19 @@ def processes(node: Node, spec: conf.Spec, member: conf.Member,
     return procs
 
 
+def cgroup_root(node: Node) -> str:
+    """The kubelet's --cgroup-root: under the node's cgroup, so it goes with the node."""
+    return f"{node.cgroup_parent}/kubelet"
+
+
 def start(node: Node, specs: list[ProcessSpec], names=None) -> None:
     if names is not None:
         specs = [s for s in specs if s.name in names]
-    # /var/lib/cni is a mount point in every node's mount namespace; it need not exist on
-    # the host otherwise
-    node.run(["mkdir", "-p", "/var/lib/cni"])
+    if any(s.name == "kubelet" for s in specs):
+        # /var/lib/cni: a mount point in every node's mount namespace (empty on the host);
+        # the cgroup root: a kubelet refuses to start unless it exists in every hierarchy
+        node.run(["sh", "-c", 'mkdir -p /var/lib/cni && for h in /sys/fs/cgroup/*/; do '
+                  f'mkdir -p "$h{cgroup_root(node).lstrip("/")}"; done'])
     for spec in specs:
         node.start_process(spec)
 
@@ -107,9 +113,3 @@ def route_pods(node: Node, routes: dict[str, str], pod_cidr: str) -> None:
         except InfraError:
             node.run(["iptables", "-w", "-I", "FORWARD", "1", *rule, "-j", "ACCEPT"])
 
-
-def parallel(fn, items: list) -> list:
-    if not items:
-        return []
-    with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
-        return [f.result() for f in [pool.submit(fn, i) for i in items]]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jeroboam.drivers.swarm import stack_id_of
+from jeroboam.drivers.stack import stack_id_of
 from tests.drivers.conftest import delete_cluster, wait_for, wait_status
 
 

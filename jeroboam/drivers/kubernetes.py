@@ -118,6 +118,7 @@ class _KubeStack(ClusterStack):
         self.pause = settings.get("kubernetes", "pause_binary")
         self.labels = {**ctx.template.labels, **self.cluster.labels}
         self.groups = live(ctx.nodegroups())
+        self.ca = ctx.ca()  # what certificates come from (a CA rotation sets the new one)
 
     def layout(self) -> tuple[conf.Spec, list[tuple[Node, conf.Member]]]:
         """The cluster's Kubernetes spec and (node, member) pairs, masters first."""
@@ -131,38 +132,37 @@ class _KubeStack(ClusterStack):
             raise InfraError("lay out the cluster", "no master node is up")
         return cluster_spec(self.cluster.uuid, self.labels, masters, self.bin_dir), pairs
 
-    def api(self, spec: conf.Spec | None = None, ca: KeyPair | None = None) -> KubeAPI:
+    def api(self, spec: conf.Spec | None = None) -> KubeAPI:
         spec = spec or self.layout()[0]
-        return KubeAPI(conf.api_address(spec.masters), ca or self.ctx.ca())
+        return KubeAPI(conf.api_address(spec.masters), self.ca)
 
     # --- steps ------------------------------------------------------------------------
 
-    def configure(self, only_new: bool = False, ca: KeyPair | None = None) -> None:
+    def configure(self, only_new: bool = False, previous_ca: KeyPair | None = None) -> None:
         """Certificates, kubeconfigs and the pause image on every node (with ``only_new``:
         on nodes whose kubelet never started)."""
         version(self.bin_dir)  # fail early, and clearly, without binaries
         spec, pairs = self.layout()
-        ca = ca or self.ctx.ca()
         if only_new:
             pairs = [(n, m) for n, m in pairs if not _started(n)]
 
         def prepare(pair):
             node, member = pair
-            knodes.put_files(node, spec, member, ca)
+            knodes.put_files(node, spec, member, self.ca, previous_ca)
             knodes.import_pause(node, self.pause)
         parallel(prepare, pairs)
 
     def start_control_plane(self) -> None:
         spec, pairs = self.layout()
         parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]),
-                                               knodes.CONTROL_PLANE),
-                        [p for p in pairs if p[1].master])
+                                        knodes.CONTROL_PLANE),
+                 [p for p in pairs if p[1].master])
         wait_api(self.api(spec))
 
     def start_agents(self) -> None:
         spec, pairs = self.layout()
         parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]),
-                                               knodes.NODE_AGENTS), pairs)
+                                        knodes.NODE_AGENTS), pairs)
 
     def route_pods(self) -> None:
         """Once every node has its podCIDR: a route to each from every other node."""
@@ -172,7 +172,7 @@ class _KubeStack(ClusterStack):
         cidrs = {h: registered[h]["spec"]["podCIDR"] for h in address}
         parallel(lambda p: knodes.route_pods(
             p[0], {cidrs[h]: address[h] for h in address if h != p[1].hostname}, spec.pod_cidr),
-            pairs)
+                 pairs)
 
     def wait_ready(self) -> None:
         spec, pairs = self.layout()
@@ -303,16 +303,12 @@ class KubernetesDriver(Driver):
         Kubernetes certificate anew; etcd keeps its data. Kubeconfigs from the old CA stop
         working."""
         s = _KubeStack(ctx)
+        old_ca, s.ca = s.ca, new_ca  # the cluster's CA is the old one until the task's end
         s.update(s.groups, {"ca_cert": new_ca.cert_pem, "ca_key": new_ca.key_pem})
-        s.configure(ca=new_ca)
-        spec, pairs = s.layout()
-        parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]),
-                                               knodes.CONTROL_PLANE),
-                        [p for p in pairs if p[1].master])
-        wait_api(s.api(spec, new_ca))
-        parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]),
-                                               knodes.NODE_AGENTS), pairs)
-        wait_ready(s.api(spec, new_ca), {m.hostname for _, m in pairs})
+        s.configure(previous_ca=old_ca)
+        s.start_control_plane()
+        s.start_agents()
+        s.wait_ready()
 
     def periodic_tasks(self, settings):
         from .kubernetes_health import MONITOR_INTERVAL, Monitor

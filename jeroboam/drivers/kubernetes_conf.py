@@ -108,10 +108,11 @@ def ca_fingerprint(ca_pem: str) -> str:
     return cert.fingerprint(cert.signature_hash_algorithm).hex()
 
 
-def node_files(spec: Spec, member: Member, ca: KeyPair, root: str) -> dict[str, str]:
+def node_files(spec: Spec, member: Member, ca: KeyPair, root: str,
+               previous_ca: KeyPair | None = None) -> dict[str, str]:
     """Relative path (under ``root``) -> content of every file the node needs; private keys
-    end in ``-key.pem``. Certificates are fresh on every call: the driver writes them once per
-    node and CA."""
+    end in ``key.pem``. Certificates are fresh on every call. ``previous_ca``: the CA a
+    rotation replaces, whose service account tokens stay valid (pods hold them)."""
     files = {"pki/ca.pem": ca.cert_pem}
     server = spec.api_server(member)
 
@@ -134,9 +135,8 @@ def node_files(spec: Spec, member: Member, ca: KeyPair, root: str) -> dict[str, 
         files[f"sysctl/{path.replace('/', '.')}"] = value + "\n"
     if member.master:
         files["pki/ca-key.pem"] = ca.key_pem
-        # service account tokens are signed with the CA key: every master has it already, and
-        # a CA rotation invalidates the old tokens with everything else
-        files["pki/sa.pub"] = _public_key_pem(ca.key_pem)
+        # service account tokens are signed with the CA key: every master has it already
+        files["pki/sa.pub"] = "".join(_public_key_pem(c.key_pem) for c in (ca, previous_ca) if c)
         sans = ["kubernetes", "kubernetes.default", "kubernetes.default.svc",
                 f"kubernetes.default.svc.{CLUSTER_DOMAIN}", "localhost", member.hostname]
         pair("apiserver", issue_server_cert(ca, "kube-apiserver",

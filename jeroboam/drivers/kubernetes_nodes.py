@@ -25,9 +25,9 @@ def root(node: Node) -> str:
     return node.path(ROOT)
 
 
-def put_files(node: Node, spec: conf.Spec, member: conf.Member, ca) -> None:
+def put_files(node: Node, spec: conf.Spec, member: conf.Member, ca, previous_ca=None) -> None:
     base = root(node)
-    for rel, text in conf.node_files(spec, member, ca, base).items():
+    for rel, text in conf.node_files(spec, member, ca, base, previous_ca).items():
         private = rel.endswith(("key.pem", ".kubeconfig"))
         node.put_file(f"{ROOT}/{rel}", text, 0o600 if private else 0o644)
     for mount_source in ("log", "cni"):

@@ -121,7 +121,7 @@ spec:
     metadata: {labels: {app: web}}
     spec:
       topologySpreadConstraints:
-      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule,
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: ScheduleAnyway,
          labelSelector: {matchLabels: {app: web}}}
       terminationGracePeriodSeconds: 1
       containers:
@@ -158,8 +158,9 @@ def test_deployment_service_logs_and_exec_across_nodes(kubeconfig):
     # from one node, answers come from pods on both
     service_ip = json.loads(kubectl(kubeconfig, "get", "service", "web", "-o", "json"))[
         "spec"]["clusterIP"]
-    answers = {kubectl(kubeconfig, "exec", name, "--", "wget", "-qO-", "-T", "5",
-                       f"http://{service_ip}/").strip() for _ in range(12)}
+    answers = set(kubectl(kubeconfig, "exec", name, "--", "sh", "-c",
+                          f"for i in $(seq 20); do wget -qO- -T 5 http://{service_ip}/; done"
+                          ).split())
     assert answers <= set(where) and {where[a][0] for a in answers} == {"kube-node-0",
                                                                          "kube-node-1"}
     kubectl(kubeconfig, "delete", "deployment", "web")
@@ -177,6 +178,22 @@ def test_dead_kubelet_turns_the_cluster_unhealthy(service, magnum, cluster):
     assert sick.health_status_reason["api"] == "ok"
 
 
+IDLE = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: idle}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: idle}}
+  template:
+    metadata: {labels: {app: idle}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers:
+      - {name: sleep, image: "busybox:latest", imagePullPolicy: Never, command: [sleep, "3600"]}
+"""
+
+
 def test_resize_2_3_1_replaces_the_dead_node_and_drains(service, magnum, cluster, kubeconfig):
     magnum.clusters.resize(cluster, 3)  # the dead node is replaced, one more joins
     grown = wait_status(magnum, cluster, "UPDATE_COMPLETE", timeout=120)
@@ -187,11 +204,7 @@ def test_resize_2_3_1_replaces_the_dead_node_and_drains(service, magnum, cluster
                        and c, 15, "cluster HEALTHY")
     assert "kube-node-1.Ready" not in healthy.health_status_reason
 
-    kubectl(kubeconfig, "create", "deployment", "idle", "--image=busybox:latest",
-            "--", "sleep", "3600")
-    kubectl(kubeconfig, "patch", "deployment", "idle", "-p",
-            '{"spec":{"replicas":3,"template":{"spec":{"containers":[{"name":"busybox",'
-            '"imagePullPolicy":"Never"}],"terminationGracePeriodSeconds":0}}}}')
+    kubectl(kubeconfig, "apply", "-f", "-", stdin=IDLE)
     kubectl(kubeconfig, "rollout", "status", "deployment/idle", "--timeout=90s")
 
     keep = next(n for n in nodes_of(service, cluster) if n.hostname == "kube-node-2")

@@ -12,11 +12,15 @@ set -euo pipefail
 DEB_VERSION=1.20.5+really1.20.2-1.1+deb12u1
 CACHE=${JEROBOAM_K8S_CACHE:-/var/cache/jeroboam/kubernetes/v1.20.2}
 BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+# What each binary was built with; a cached one built otherwise is built again.
+declare -A RECIPE=([kubelet]=oom-score-adj-0)
 say() { echo "build-kubernetes: $*"; }
 
+built() { [[ -x $CACHE/bin/$1 && $(cat "$CACHE/bin/.$1.recipe" 2>/dev/null) == "${RECIPE[$1]:-plain}" ]]; }
 complete() {
   local b
-  for b in "${BINS[@]}" kubectl; do [[ -x $CACHE/bin/$b ]] || return 1; done
+  for b in "${BINS[@]}"; do built "$b" || return 1; done
+  [[ -x $CACHE/bin/kubectl ]] || return 1
   [[ -x $CACHE/pause/pause ]] && command -v etcd >/dev/null && [[ -x /usr/lib/cni/bridge ]]
 }
 if complete; then
@@ -63,12 +67,14 @@ sed -e 's/^Types: deb$/Types: deb-src/' \
     -e '/^Suites:/s/\b\(trixie\|forky\|sid\)\b/bookworm/g' \
     /etc/apt/sources.list.d/debian.sources >"$W/apt/parts/src.sources"
 O=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$W/apt/parts"
-   -o "Dir::State::Lists=$W/apt/lists" -o "Dir::Cache=$W/apt/cache")
+   -o "Dir::State::Lists=$W/apt/lists" -o "Dir::Cache=$W/apt/cache" -o APT::Sandbox::User=root)
 say "fetching source package kubernetes $DEB_VERSION (private apt lists in $W/apt)"
 apt-get "${O[@]}" update -qq
 cd "$W"
 apt-get "${O[@]}" source -qq --download-only "kubernetes=$DEB_VERSION" >/dev/null
-dpkg-source -x "kubernetes_${DEB_VERSION#*:}.dsc" k8s >/dev/null
+# apt checked the download against the signed Release file; dpkg-source has no keyring for
+# the .dsc's own signature and would only warn
+dpkg-source -x "kubernetes_${DEB_VERSION#*:}.dsc" k8s >/dev/null 2>&1
 # kubectl matching the server (the package conflicts with other kubectl packages, so unpack it).
 sed -i 's/^Types: deb-src$/Types: deb/' "$W/apt/parts/src.sources"
 apt-get "${O[@]}" update -qq
@@ -83,22 +89,39 @@ rm -f "$V"/*.go
 cp r2/usr/share/gocode/src/github.com/modern-go/reflect2/*.go "$V/"
 rm -f "$V"/*_test.go
 
-say "building ${BINS[*]} with $(go version | cut -d' ' -f3) (several minutes)"
-start=$SECONDS
-what=$(printf 'cmd/%s ' "${BINS[@]}")
-(cd k8s && CGO_ENABLED=0 GOPROXY=off GOFLAGS=-mod=vendor GOCACHE="$W/gocache" \
-   make WHAT="$what" >"$W/make.log" 2>&1) || { tail -40 "$W/make.log" >&2; exit 1; }
-say "built in $((SECONDS - start)) s"
+# Nodes share the host's kernel, and hosts without CAP_SYS_RESOURCE (containers, some VMs)
+# refuse a negative oom_score_adj: kubelet asks -998 for every pod sandbox and for Guaranteed
+# and critical pods, so no pod could start there. Those become 0 (the host's default).
+Q=k8s/pkg/kubelet/qos/policy.go
+sed -i -e 's/^\(\s*PodInfraOOMAdj\s\+int\s*=\s*\)-998$/\10/' \
+       -e 's/^\(\s*\)return guaranteedOOMScoreAdj$/\1return 0/' "$Q"
+grep -q 'PodInfraOOMAdj *int = 0$' "$Q" && ! grep -q 'return guaranteedOOMScoreAdj$' "$Q" \
+  || { say "the oom_score_adj patch no longer applies to $Q" >&2; exit 1; }
+
+missing=()
+for b in "${BINS[@]}"; do built "$b" || missing+=("$b"); done
+if ((${#missing[@]})); then
+  say "building ${missing[*]} with $(go version | cut -d' ' -f3) (several minutes)"
+  start=$SECONDS
+  what=$(printf 'cmd/%s ' "${missing[@]}")
+  (cd k8s && CGO_ENABLED=0 GOPROXY=off GOFLAGS=-mod=vendor GOCACHE="$W/gocache" \
+     make WHAT="$what" >"$W/make.log" 2>&1) || { tail -40 "$W/make.log" >&2; exit 1; }
+  say "built in $((SECONDS - start)) s"
+fi
 
 say "building the static pause binary"
 mkdir -p pause
 gcc -Os -static -Wall -o pause/pause k8s/build/pause/linux/pause.c
 strip pause/pause
 
-rm -rf "$CACHE/bin" "$CACHE/pause"
 mkdir -p "$CACHE/bin"
-for b in "${BINS[@]}"; do cp "k8s/_output/local/bin/linux/$(go env GOARCH)/$b" "$CACHE/bin/"; done
-cp kc/usr/bin/kubectl "$CACHE/bin/"
-mv pause "$CACHE/pause"
+# each binary lands whole (copied, then renamed): an interrupted run leaves no half file
+for b in "${missing[@]}"; do
+  cp "k8s/_output/local/bin/linux/$(go env GOARCH)/$b" "$CACHE/bin/.$b.tmp"
+  mv "$CACHE/bin/.$b.tmp" "$CACHE/bin/$b"
+  echo "${RECIPE[$b]:-plain}" >"$CACHE/bin/.$b.recipe"
+done
+cp kc/usr/bin/kubectl "$CACHE/bin/.kubectl.tmp" && mv "$CACHE/bin/.kubectl.tmp" "$CACHE/bin/kubectl"
+rm -rf "$CACHE/pause" && mv pause "$CACHE/pause"
 cd /
 say "cached in $CACHE ($("$CACHE/bin/kube-apiserver" --version)); dropping the build tree"

@@ -212,7 +212,7 @@ def apiserver_argv(spec: Spec, member: Member, root: str) -> list[str]:
         "--service-account-signing-key-file", f"{pki}/ca-key.pem",
         "--service-cluster-ip-range", spec.service_cidr,
         "--authorization-mode", "Node,RBAC", "--enable-admission-plugins", "NodeRestriction",
-        "--allow-privileged", "true", "--profiling", "false",
+        "--allow-privileged=true", "--profiling=false",
         "--endpoint-reconciler-type", "lease",
         *_extra(spec, "kube-apiserver"),
     ]
@@ -229,9 +229,9 @@ def controller_manager_argv(spec: Spec, member: Member, root: str) -> list[str]:
         "--use-service-account-credentials",
         "--allocate-node-cidrs", "--cluster-cidr", spec.pod_cidr, "--node-cidr-mask-size", "24",
         "--service-cluster-ip-range", spec.service_cidr,
-        "--leader-elect", str(len(spec.masters) > 1).lower(),
+        f"--leader-elect={str(len(spec.masters) > 1).lower()}",
         "--node-monitor-period", "1s", "--node-monitor-grace-period", NODE_GRACE,
-        "--profiling", "false",
+        "--profiling=false",
         *_extra(spec, "kube-controller-manager"),
     ]
 
@@ -242,7 +242,7 @@ def scheduler_argv(spec: Spec, member: Member, root: str) -> list[str]:
         f"{spec.bin_dir}/kube-scheduler",
         "--kubeconfig", kc, "--authentication-kubeconfig", kc, "--authorization-kubeconfig", kc,
         "--bind-address", "127.0.0.1", "--port", "0", "--cert-dir", f"{root}/scheduler",
-        "--leader-elect", str(len(spec.masters) > 1).lower(), "--profiling", "false",
+        f"--leader-elect={str(len(spec.masters) > 1).lower()}", "--profiling=false",
         *_extra(spec, "kube-scheduler"),
     ]
 
@@ -268,8 +268,8 @@ def kubelet_argv(spec: Spec, member: Member, root: str, cgroup_root: str) -> lis
         # empty: the endpoint comes from kubelet_env
         "--container-runtime", "docker", "--docker-endpoint", "",
         "--experimental-dockershim-root-directory", f"{root}/dockershim",
-        "--remote-runtime-endpoint", f"unix://{root}/dockershim.sock",
-        "--remote-image-endpoint", f"unix://{root}/dockershim.sock",
+        "--container-runtime-endpoint", f"unix://{root}/dockershim.sock",
+        "--image-service-endpoint", f"unix://{root}/dockershim.sock",
         "--pod-infra-container-image", PAUSE_IMAGE,
         # kubenet: Debian's CNI bridge and host-local on the podCIDR the controller-manager
         # gave the node, set up as soon as the kubelet learns it (a CNI config directory is
@@ -292,6 +292,6 @@ def kube_proxy_argv(spec: Spec, member: Member, root: str) -> list[str]:
         "--conntrack-max-per-core", "0", "--conntrack-tcp-timeout-established", "0",
         "--conntrack-tcp-timeout-close-wait", "0",
         "--metrics-bind-address", "127.0.0.1:10249", "--healthz-bind-address", "127.0.0.1:10256",
-        "--profiling", "false",
+        "--profiling=false",
         *_extra(spec, "kube-proxy"),
     ]

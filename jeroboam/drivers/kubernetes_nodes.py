@@ -91,7 +91,7 @@ def start(node: Node, specs: list[ProcessSpec], names=None) -> None:
         # /var/lib/cni: a mount point in every node's mount namespace (empty on the host);
         # the cgroup root: a kubelet refuses to start unless it exists in every hierarchy
         node.run(["sh", "-c", 'mkdir -p /var/lib/cni && for h in /sys/fs/cgroup/*/; do '
-                  f'mkdir -p "$h{cgroup_root(node).lstrip("/")}"; done'])
+                  f'mkdir -p "${{h}}{cgroup_root(node).lstrip("/")}"; done'])
     for spec in specs:
         node.start_process(spec)
 

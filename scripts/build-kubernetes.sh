@@ -90,13 +90,13 @@ cp r2/usr/share/gocode/src/github.com/modern-go/reflect2/*.go "$V/"
 rm -f "$V"/*_test.go
 
 # Nodes share the host's kernel, and hosts without CAP_SYS_RESOURCE (containers, some VMs)
-# refuse a negative oom_score_adj: kubelet asks -998 for every pod sandbox and for Guaranteed
-# and critical pods, so no pod could start there. Those become 0 (the host's default).
-Q=k8s/pkg/kubelet/qos/policy.go
-sed -i -e 's/^\(\s*PodInfraOOMAdj\s\+int\s*=\s*\)-998$/\10/' \
-       -e 's/^\(\s*\)return guaranteedOOMScoreAdj$/\1return 0/' "$Q"
-grep -q 'PodInfraOOMAdj *int = 0$' "$Q" && ! grep -q 'return guaranteedOOMScoreAdj$' "$Q" \
-  || { say "the oom_score_adj patch no longer applies to $Q" >&2; exit 1; }
+# refuse a negative oom_score_adj: kubelet asks -998 for every pod sandbox (dockershim) and
+# -997 for Guaranteed and critical pods, so no pod could start there. Those become 0.
+S=k8s/pkg/kubelet/dockershim/docker_sandbox.go Q=k8s/pkg/kubelet/qos/policy.go
+sed -i 's/^\(\s*defaultSandboxOOMAdj\s\+int\s*=\s*\)-998$/\10/' "$S"
+sed -i 's/^\(\s*\)return guaranteedOOMScoreAdj$/\1return 0/' "$Q"
+grep -q 'defaultSandboxOOMAdj *int = 0$' "$S" && ! grep -q 'return guaranteedOOMScoreAdj$' "$Q" \
+  || { say "the oom_score_adj patch no longer applies to $S and $Q" >&2; exit 1; }
 
 missing=()
 for b in "${BINS[@]}"; do built "$b" || missing+=("$b"); done

@@ -104,6 +104,11 @@ class Service:
         self.last_task = reply.headers["Location"].rsplit("/", 1)[1]
         return uuid, self.wait(uuid, lambda c, b: b.get("status") == "CREATE_COMPLETE") - started
 
+    def template(self, name: str, coe: str) -> None:
+        reply = self.http.post("/v1/clustertemplates", json={
+            "name": name, "coe": coe, "image_id": "jeroboam-node", "server_type": "local"})
+        assert reply.status_code == 201, reply.text
+
     def steps(self, task: str) -> dict[str, float]:
         body = self.http.get(f"/v1/tasks/{task}").json()["task"]
         return {s["name"]: s["duration_seconds"] for s in body["steps"]}
@@ -143,10 +148,7 @@ def bench_service(runs: int, data: Path) -> dict[str, list[float]]:
     times = {"create 3 nodes": [], "delete 3 nodes": [], "create 10 nodes": [],
              "resize 3 to 10 nodes": []}
     try:
-        reply = service.http.post("/v1/clustertemplates", json={
-            "name": "bench", "coe": "swarm-mode", "image_id": "jeroboam-node",
-            "server_type": "local"})
-        assert reply.status_code == 201, reply.text
+        service.template("bench", "swarm-mode")
         for run in range(runs + 1):
             warm = run == 0  # the first builds the base image and warms the caches
             uuid, t_create3 = service.create(f"c3-{run}", 2)
@@ -174,10 +176,7 @@ def bench_kubernetes(runs: int, data: Path) -> tuple[dict[str, list[float]], dic
     times = {"k8s create 1+2 nodes": [], "k8s delete 1+2 nodes": []}
     steps: dict[str, list[float]] = {}
     try:
-        reply = service.http.post("/v1/clustertemplates", json={
-            "name": "bench-k8s", "coe": "kubernetes", "image_id": "jeroboam-node",
-            "server_type": "local"})
-        assert reply.status_code == 201, reply.text
+        service.template("bench-k8s", "kubernetes")
         for run in range(runs + 1):
             warm = run == 0
             uuid, t_create = service.create(f"k-{run}", 2, "bench-k8s")

@@ -22,13 +22,8 @@ import logging
 import shlex
 import subprocess
 
-import sqlalchemy as sa
-
-from jeroboam.db.models import ClusterTemplate
-from jeroboam.drivers import Driver
 from jeroboam.drivers.nodes import dead_nodes
-from jeroboam.drivers.stack import (ClusterStack, counts, live, parallel, parse_images,
-                                    reconcile_providers)
+from jeroboam.drivers.stack import ClusterStack, StackDriver, counts, live, parallel
 from jeroboam.infra import InfraError, Node, server_types, wait_until
 from jeroboam.pki import KeyPair
 
@@ -76,34 +71,23 @@ def wait_api(api: KubeAPI, timeout: float = API_TIMEOUT) -> None:
     wait_until(api.ready, timeout, "wait for the Kubernetes API", interval=0.1)
 
 
-def wait_nodes(api: KubeAPI, hostnames: set[str], timeout: float = NODES_TIMEOUT) -> dict:
-    """Wait until every node is registered with a podCIDR; returns hostname -> Node object."""
-    def registered():
+def wait_nodes(api: KubeAPI, hostnames: set[str], wanted, what: str,
+               timeout: float = NODES_TIMEOUT) -> dict:
+    """Wait until every node is registered and ``wanted(node)``; hostname -> Node object."""
+    def check():
         try:
             nodes = {n["metadata"]["name"]: n for n in api.nodes()}
         except APIError:
             return None
-        if all(h in nodes and nodes[h]["spec"].get("podCIDR") for h in hostnames):
-            return nodes
-        return None
-    return wait_until(registered, timeout, "wait for the nodes to register", interval=0.1)
-
-
-def wait_ready(api: KubeAPI, hostnames: set[str], timeout: float = NODES_TIMEOUT) -> None:
-    def ready():
-        try:
-            nodes = {n["metadata"]["name"]: n for n in api.nodes()}
-        except APIError:
-            return False
-        return all(h in nodes and ready_condition(nodes[h]) for h in hostnames)
+        return nodes if all(h in nodes and wanted(nodes[h]) for h in hostnames) else None
 
     def detail():
         try:
-            return ", ".join(f"{n['metadata']['name']}: {ready_condition(n)}" for n in api.nodes())
+            return ", ".join(f"{n['metadata']['name']}: podCIDR {n['spec'].get('podCIDR')}, "
+                             f"Ready {ready_condition(n)}" for n in api.nodes())
         except APIError as exc:
             return str(exc)
-    wait_until(ready, timeout, "wait for the nodes to be Ready", interval=0.1, detail=detail)
-
+    return wait_until(check, timeout, f"wait for the nodes {what}", interval=0.1, detail=detail)
 
 
 class _KubeStack(ClusterStack):
@@ -167,7 +151,8 @@ class _KubeStack(ClusterStack):
     def route_pods(self) -> None:
         """Once every node has its podCIDR: a route to each from every other node."""
         spec, pairs = self.layout()
-        registered = wait_nodes(self.api(spec), {m.hostname for _, m in pairs})
+        registered = wait_nodes(self.api(spec), {m.hostname for _, m in pairs},
+                                lambda n: n["spec"].get("podCIDR"), "to have a podCIDR")
         address = {m.hostname: m.address for _, m in pairs}
         cidrs = {h: registered[h]["spec"]["podCIDR"] for h in address}
         parallel(lambda p: knodes.route_pods(
@@ -176,7 +161,7 @@ class _KubeStack(ClusterStack):
 
     def wait_ready(self) -> None:
         spec, pairs = self.layout()
-        wait_ready(self.api(spec), {m.hostname for _, m in pairs})
+        wait_nodes(self.api(spec), {m.hostname for _, m in pairs}, ready_condition, "to be Ready")
 
     def drain(self, names: list[str]) -> None:
         """Cordon, drain and delete the Node objects of nodes about to go."""
@@ -252,7 +237,9 @@ CONVERGE_STEPS = ["choose nodes", "drain nodes", "update nodes", "configure node
                   "start kubelets", "route pods", "wait for nodes", "report addresses"]
 
 
-class KubernetesDriver(Driver):
+class KubernetesDriver(StackDriver):
+    stack_class = _KubeStack
+
     @property
     def provides(self) -> list[dict]:
         # any provider's nodes will do: a dockerd, files, supervised processes
@@ -270,34 +257,6 @@ class KubernetesDriver(Driver):
         ctx.run_step("wait for nodes", s.wait_ready)
         ctx.run_step("report addresses", s.report)
 
-    def delete_cluster(self, ctx) -> None:
-        _KubeStack(ctx).delete()
-
-    def update_cluster(self, ctx) -> None:
-        self._converge(ctx)
-
-    def resize_cluster(self, ctx, nodegroup: str, node_count: int,
-                       nodes_to_remove: list[str]) -> None:
-        self._converge(ctx, {nodegroup: nodes_to_remove})
-
-    def upgrade_cluster(self, ctx, template_uuid: str, max_batch_size: int,
-                        nodegroup: str) -> None:
-        """Import the tarballs the new template names into every node (the Kubernetes version
-        is the binaries')."""
-        with ctx.task.session_factory() as session:
-            labels = session.scalar(sa.select(ClusterTemplate.labels)
-                                    .where(ClusterTemplate.uuid == template_uuid))
-        self._converge(ctx, images=parse_images(labels or {}))
-
-    def create_nodegroup(self, ctx, nodegroup: str) -> None:
-        self._converge(ctx)
-
-    def update_nodegroup(self, ctx, nodegroup: str) -> None:
-        self._converge(ctx)
-
-    def delete_nodegroup(self, ctx, nodegroup: str) -> None:
-        self._converge(ctx)
-
     def rotate_ca_certificate(self, ctx, new_ca: KeyPair) -> None:
         """Every node restarts (its dockerd's certificate comes from the new CA) and gets every
         Kubernetes certificate anew; etcd keeps its data. Kubeconfigs from the old CA stop
@@ -314,11 +273,8 @@ class KubernetesDriver(Driver):
         from .kubernetes_health import MONITOR_INTERVAL, Monitor
         return [(MONITOR_INTERVAL, Monitor(self.name, settings))]
 
-    def on_worker_start(self, session_factory, settings) -> None:
-        reconcile_providers(session_factory, settings)
-
-    def _converge(self, ctx, remove: dict[str, list[str]] | None = None,
-                  images: list[dict] | None = None) -> None:
+    def converge(self, ctx, remove: dict[str, list[str]] | None = None,
+                 images: list[dict] | None = None) -> None:
         s = _KubeStack(ctx)
         ctx.plan(CONVERGE_STEPS)
         ctx.run_step("choose nodes", lambda: s.choose(remove))

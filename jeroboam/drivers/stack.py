@@ -13,7 +13,10 @@ import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from jeroboam.db.models import NodeGroup
+import sqlalchemy as sa
+
+from jeroboam.db.models import ClusterTemplate, NodeGroup
+from jeroboam.drivers import Driver
 from jeroboam.drivers.nodes import dead_nodes, reconcile
 from jeroboam.infra import InfraError, Node, Provider, provider_for, server_types
 from jeroboam.orchestration.engine import Engine
@@ -285,3 +288,49 @@ def reconcile_providers(session_factory, settings) -> None:
             reconcile(provider, session_factory)
         except Exception:  # a host without dockerd still serves the API and other drivers
             LOG.exception("reconciling the %s provider with the database failed", server_type)
+
+
+class StackDriver(Driver):
+    """A driver whose clusters are such stacks: every change of nodes is one converge
+    (:meth:`converge`, the driver's own steps), a delete is the stack's."""
+
+    stack_class = ClusterStack
+
+    def converge(self, ctx, remove: dict[str, list[str]] | None = None,
+                 images: list[dict] | None = None) -> None:
+        """Node counts as the nodegroups ask, dead nodes and those in ``remove`` (nodegroup
+        uuid -> names) replaced; with ``images``, those imported into every node."""
+        raise NotImplementedError
+
+    def update_cluster(self, ctx) -> None:
+        self.converge(ctx)
+
+    def resize_cluster(self, ctx, nodegroup: str, node_count: int,
+                       nodes_to_remove: list[str]) -> None:
+        self.converge(ctx, {nodegroup: nodes_to_remove})
+
+    def upgrade_cluster(self, ctx, template_uuid: str, max_batch_size: int,
+                        nodegroup: str) -> None:
+        """Import the tarballs the new template names into every node (nothing restarts, so
+        every node is done at once whatever the batch size)."""
+        with ctx.task.session_factory() as session:
+            labels = session.scalar(sa.select(ClusterTemplate.labels)
+                                    .where(ClusterTemplate.uuid == template_uuid))
+        images = parse_images(labels or {})
+        ctx.event(f"images to import: {', '.join(i['path'] for i in images) or 'none'}")
+        self.converge(ctx, images=images)
+
+    def create_nodegroup(self, ctx, nodegroup: str) -> None:
+        self.converge(ctx)
+
+    def update_nodegroup(self, ctx, nodegroup: str) -> None:
+        self.converge(ctx)
+
+    def delete_nodegroup(self, ctx, nodegroup: str) -> None:
+        self.converge(ctx)  # the nodegroup is DELETE_IN_PROGRESS: its nodes go
+
+    def delete_cluster(self, ctx) -> None:
+        self.stack_class(ctx).delete()
+
+    def on_worker_start(self, session_factory, settings) -> None:
+        reconcile_providers(session_factory, settings)

@@ -19,14 +19,10 @@ from __future__ import annotations
 import logging
 from contextlib import closing
 
-import sqlalchemy as sa
-
-from jeroboam.db.models import ClusterTemplate, NodeGroup
-from jeroboam.drivers import Driver
+from jeroboam.db.models import NodeGroup
 from jeroboam.drivers import swarm_ops as swarm
 from jeroboam.drivers.nodes import dead_nodes
-from jeroboam.drivers.stack import (ClusterStack, counts, live, parallel, parse_images,
-                                    reconcile_providers)
+from jeroboam.drivers.stack import ClusterStack, StackDriver, counts, live, parallel
 from jeroboam.drivers.swarm_health import (MONITOR_INTERVAL, Monitor, assess, by_hostname,
                                            swarm_view)
 from jeroboam.infra import Node, server_types, wait_until
@@ -116,7 +112,9 @@ def _in_control(node: Node) -> bool:
     return state["LocalNodeState"] == "active" and bool(state.get("ControlAvailable"))
 
 
-class SwarmDriver(Driver):
+class SwarmDriver(StackDriver):
+    stack_class = _ClusterStack
+
     @property
     def provides(self) -> list[dict]:
         # every provider's nodes run a dockerd: a swarm can be made of any of them
@@ -133,37 +131,6 @@ class SwarmDriver(Driver):
         ctx.run_step("start nodes", lambda: s.run("CREATE"))
         ctx.run_step("form swarm", lambda: s.form_swarm(groups))
         ctx.run_step("report addresses", lambda: s.report(groups))
-
-    def update_cluster(self, ctx) -> None:
-        """Converge: node counts as the nodegroups ask, dead nodes replaced."""
-        self._converge(ctx)
-
-    def resize_cluster(self, ctx, nodegroup: str, node_count: int,
-                       nodes_to_remove: list[str]) -> None:
-        self._converge(ctx, {nodegroup: nodes_to_remove})
-
-    def upgrade_cluster(self, ctx, template_uuid: str, max_batch_size: int,
-                        nodegroup: str) -> None:
-        """Import the tarballs the new template names into every node (nothing restarts, so
-        every node is done at once whatever the batch size)."""
-        with ctx.task.session_factory() as session:
-            labels = session.scalar(sa.select(ClusterTemplate.labels)
-                                    .where(ClusterTemplate.uuid == template_uuid))
-        images = parse_images(labels or {})
-        ctx.event(f"images to import: {', '.join(i['path'] for i in images) or 'none'}")
-        self._converge(ctx, images=images)
-
-    def create_nodegroup(self, ctx, nodegroup: str) -> None:
-        self._converge(ctx)
-
-    def update_nodegroup(self, ctx, nodegroup: str) -> None:
-        self._converge(ctx)
-
-    def delete_nodegroup(self, ctx, nodegroup: str) -> None:
-        self._converge(ctx)  # the nodegroup is DELETE_IN_PROGRESS: its nodes go
-
-    def delete_cluster(self, ctx) -> None:
-        _ClusterStack(ctx).delete()
 
     def rotate_ca_certificate(self, ctx, new_ca: KeyPair) -> None:
         """Managers restart one at a time with certificates from the new CA (the raft quorum
@@ -189,13 +156,10 @@ class SwarmDriver(Driver):
     def periodic_tasks(self, settings):
         return [(MONITOR_INTERVAL, Monitor(self.name, settings))]
 
-    def on_worker_start(self, session_factory, settings) -> None:
-        reconcile_providers(session_factory, settings)
-
     # --- converge ----------------------------------------------------------------------
 
-    def _converge(self, ctx, remove: dict[str, list[str]] | None = None,
-                  images: list[dict] | None = None) -> None:
+    def converge(self, ctx, remove: dict[str, list[str]] | None = None,
+                 images: list[dict] | None = None) -> None:
         s = _ClusterStack(ctx)
         groups = live(ctx.nodegroups())
         ctx.plan(CONVERGE_STEPS)

@@ -7,8 +7,8 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,9 +16,9 @@ import pytest
 from jeroboam.config import OPTIONS
 from jeroboam.drivers.kubernetes import CONVERGE_STEPS, CREATE_STEPS
 from jeroboam.drivers.kubernetes_conf import KUBELET_SYSCTLS
-from tests.drivers.conftest import delete_cluster, host_snapshot, wait_for, wait_gone, wait_status
+from tests.drivers.conftest import (coe_cluster_config, delete_leaves_the_host_as_before,
+                                    new_cluster, wait_for, wait_status)
 
-OPENSTACK = str(Path(sys.executable).with_name("openstack"))
 BIN_DIR = next(o.default for o in OPTIONS if (o.section, o.name) == ("kubernetes", "bin_dir"))
 KUBECTL = f"{BIN_DIR}/kubectl"
 
@@ -28,34 +28,34 @@ def host_sysctls() -> dict[str, str]:
     return {p: Path("/proc/sys", p).read_text().strip() for p in KUBELET_SYSCTLS}
 
 
-@pytest.fixture(scope="module")
-def cluster(service, magnum):
+@contextmanager
+def kube_cluster(service, magnum, name: str, **counts):
+    """A Kubernetes cluster; the host's sysctls as they were before it, in service.sysctls."""
     if not os.access(KUBECTL, os.X_OK):
         pytest.skip("no Kubernetes binaries: run scripts/build-kubernetes.sh")
     service.sysctls = host_sysctls()
-    template = magnum.cluster_templates.create(name="k8s", coe="kubernetes",
-                                               image_id="jeroboam-node", server_type="local")
-    created = magnum.clusters.create(name="kube", cluster_template_id=template.uuid,
-                                     master_count=1, node_count=2)
-    try:
-        yield created.uuid
-    finally:
-        delete_cluster(magnum, created.uuid)
+    with new_cluster(magnum, "kubernetes", name, **counts) as uuid:
+        yield uuid
+
+
+@pytest.fixture(scope="module")
+def cluster(service, magnum):
+    with kube_cluster(service, magnum, "kube", master_count=1, node_count=2) as uuid:
+        yield uuid
+
+
+def kubeconfig_of(service, cluster_uuid: str, directory: Path) -> str:
+    """The kubeconfig `openstack coe cluster config` writes, unchanged (its CSR signed by the
+    API, the cluster CA, api_address)."""
+    exports = coe_cluster_config(service, cluster_uuid, directory)
+    assert exports == {"KUBECONFIG": f"{directory}/config"}
+    return exports["KUBECONFIG"]
 
 
 @pytest.fixture(scope="module")
 def kubeconfig(service, cluster, tmp_path_factory) -> str:
-    """`openstack coe cluster config`, unchanged: the kubeconfig it writes (CSR signed by the
-    API, the cluster CA, api_address)."""
     wait_status(service.magnum(), cluster, "CREATE_COMPLETE", timeout=180)
-    directory = tmp_path_factory.mktemp("kubeconfig")
-    env = {**os.environ, "OS_AUTH_TYPE": "none", "OS_ENDPOINT": service.url + "/v1",
-           "SHELL": "/bin/bash"}
-    out = subprocess.run([OPENSTACK, "coe", "cluster", "config", cluster, "--dir",
-                          str(directory)], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == f"export KUBECONFIG={directory}/config"
-    return f"{directory}/config"
+    return kubeconfig_of(service, cluster, tmp_path_factory.mktemp("kubeconfig"))
 
 
 def kubectl(kubeconfig: str, *args: str, stdin: str | None = None, check=True) -> str:
@@ -110,27 +110,33 @@ def test_kubectl_sees_every_node_ready(kubeconfig):
                    check=False).strip() == "no"
 
 
-WEB = """
+def deployment(name: str, command: str, extra: str = "") -> str:
+    """A 3-replica Deployment of busybox (in every node; nothing is pulled) running
+    ``command``; ``extra`` goes into its pod spec."""
+    return f"""
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: web}
+metadata: {{name: {name}}}
 spec:
   replicas: 3
-  selector: {matchLabels: {app: web}}
+  selector: {{matchLabels: {{app: {name}}}}}
   template:
-    metadata: {labels: {app: web}}
+    metadata: {{labels: {{app: {name}}}}}
     spec:
-      topologySpreadConstraints:
-      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: ScheduleAnyway,
-         labelSelector: {matchLabels: {app: web}}}
-      terminationGracePeriodSeconds: 1
+      terminationGracePeriodSeconds: 1{extra}
       containers:
-      - name: httpd
+      - name: main
         image: busybox:latest
         imagePullPolicy: Never
-        command: [sh, -c, 'mkdir -p /www && hostname > /www/index.html && echo serving from $(hostname) && exec httpd -f -v -p 8080 -h /www']
-        ports: [{containerPort: 8080}]
----
+        command: [sh, -c, '{command}']
+"""
+
+
+WEB = deployment("web", "mkdir -p /www && hostname > /www/index.html && echo serving from "
+                        "$(hostname) && exec httpd -f -v -p 8080 -h /www", """
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: ScheduleAnyway,
+         labelSelector: {matchLabels: {app: web}}}""") + """---
 apiVersion: v1
 kind: Service
 metadata: {name: web}
@@ -178,20 +184,7 @@ def test_dead_kubelet_turns_the_cluster_unhealthy(service, magnum, cluster):
     assert sick.health_status_reason["api"] == "ok"
 
 
-IDLE = """
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: idle}
-spec:
-  replicas: 3
-  selector: {matchLabels: {app: idle}}
-  template:
-    metadata: {labels: {app: idle}}
-    spec:
-      terminationGracePeriodSeconds: 0
-      containers:
-      - {name: sleep, image: "busybox:latest", imagePullPolicy: Never, command: [sleep, "3600"]}
-"""
+IDLE = deployment("idle", "exec sleep 3600")
 
 
 def test_resize_2_3_1_replaces_the_dead_node_and_drains(service, magnum, cluster, kubeconfig):
@@ -221,12 +214,10 @@ def test_resize_2_3_1_replaces_the_dead_node_and_drains(service, magnum, cluster
     assert [s["name"] for s in task["steps"]] == CONVERGE_STEPS
 
 
-def test_delete_leaves_the_host_as_before(service, magnum, cluster):
-    started = time.monotonic()
-    magnum.clusters.delete(cluster)
-    wait_gone(magnum, cluster)
-    print(f"cluster deleted in {time.monotonic() - started:.2f} s")
-    inventory, snapshot = service.before
-    assert service.provider.inventory() == inventory
-    assert host_snapshot() == snapshot
+def delete_leaves_the_host_as_it_was(service, magnum, cluster_uuid: str) -> None:
+    delete_leaves_the_host_as_before(service, magnum, cluster_uuid)
     assert host_sysctls() == service.sysctls
+
+
+def test_delete_leaves_the_host_as_before(service, magnum, cluster):
+    delete_leaves_the_host_as_it_was(service, magnum, cluster)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine (as root): installs what it needs,
-# starts PostgreSQL where it is not running, then runs pytest. Extra arguments go to pytest.
+# starts PostgreSQL and MariaDB where they are not running, then runs pytest. Extra arguments go to pytest.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -8,7 +8,8 @@ bash scripts/host-prereqs.sh
 bash scripts/build-kubernetes.sh   # the kubernetes driver's binaries (cached after the first run)
 JEROBOAM_EXTRAS=test source scripts/setup.sh
 JEROBOAM_TEST_POSTGRES=$(bash scripts/postgres.sh)
-export JEROBOAM_TEST_POSTGRES
+JEROBOAM_TEST_MARIADB=$(bash scripts/mariadb.sh)
+export JEROBOAM_TEST_POSTGRES JEROBOAM_TEST_MARIADB
 set +e
 python -m pytest -p no:cacheprovider "$@"
 status=$?

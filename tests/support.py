@@ -25,6 +25,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def zombies() -> dict[int, int]:
+    """Zombie (<defunct>) processes host-wide: PID -> parent PID."""
+    found = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if stat[0] == "Z":
+            found[int(entry)] = int(stat[1])
+    return found
+
+
 def base_env(data_dir: Path, **settings: str) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(PLUGINS), str(ROOT), env.get("PYTHONPATH", "")])
@@ -70,7 +83,7 @@ class Process:
         return self.log_path.read_text(errors="replace")
 
 
-def wait_http(url: str, proc: Process, timeout: float = 30) -> None:
+def wait_http(url: str, proc: Process, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.proc.poll() is not None:

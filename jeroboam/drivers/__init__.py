@@ -21,7 +21,8 @@ class Driver:
 
     Methods do their work through `ctx.run_step(name, fn)` so that a task taken
     over by another worker resumes at the step that was interrupted; every step
-    must therefore be idempotent.
+    must therefore be idempotent. Nodes come from the provider of the template's
+    server_type (`jeroboam.infra.provider_for`), never from a provider module.
     """
 
     name = "base"

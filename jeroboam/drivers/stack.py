@@ -265,11 +265,12 @@ class ClusterStack:
             self.run(DELETE)
 
         def clean_up() -> None:
-            prefix = f"{self.cluster.uuid}/"
+            prefix = self.provider.scoped(self.id, f"{self.cluster.uuid}/")
             left = [n.name for n in self.provider.nodes() if n.node_id.startswith(prefix)]
             self.provider.destroy_nodes(left)
-            if self.provider.get_network(self.cluster.uuid) is not None:
-                self.provider.delete_network(self.cluster.uuid)
+            network = self.provider.scoped(self.id, self.cluster.uuid)
+            if self.provider.get_network(network) is not None:
+                self.provider.delete_network(network)
 
         self.ctx.run_step(DELETE_STEPS[0], delete_stack)
         self.ctx.run_step(DELETE_STEPS[1], clean_up)

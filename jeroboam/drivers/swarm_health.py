@@ -83,7 +83,8 @@ class Monitor:
             if not clusters:
                 return
             # made only now: a worker whose data_dir cannot hold the provider's state still runs
-            providers = {t: provider_for(t, self.settings) for t in {c.server_type for c in clusters}}
+            providers = {t: provider_for(t, self.settings)
+                         for t in {c.server_type for c in clusters}}
             roles = dict(session.execute(
                 sa.select(NodeGroup.uuid, NodeGroup.role)
                 .where(NodeGroup.cluster_id.in_([c.uuid for c in clusters]))).all())
@@ -128,5 +129,3 @@ class Monitor:
                           owner.user_id, {"auto_heal": [n.name for n in dead]})
         LOG.warning("cluster %s: auto-heal replaces %s", cluster_uuid, hostnames)
         queue.work_available.set()
-
-

@@ -16,6 +16,7 @@ from jeroboam.infra import InfraError, Mount, ProcessSpec, wait_until
 from jeroboam.infra.local import NodeSpec
 from jeroboam.infra.local import host
 from jeroboam.pki import new_ca
+from tests.support import zombies
 
 NET = "proc-net"
 SYSCTL = "/proc/sys/kernel/panic"
@@ -32,19 +33,6 @@ def node(provider):
         provider.destroy_nodes([provider.node_name(spec.node_id)])
         if provider.get_network(NET) is not None:
             provider.delete_network(NET)
-
-
-def zombies() -> dict[int, int]:
-    """Zombie pid -> parent pid, host-wide."""
-    found = {}
-    for pid in host.pids():
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if stat[0] == "Z":
-            found[pid] = int(stat[1])
-    return found
 
 
 def parent(pid: int) -> int:
@@ -110,12 +98,33 @@ def test_restart_until_stopped(node):
     assert json.loads(Path(node.state_dir, "proc", "flaky.exit").read_text())["status"] == 3
 
 
+def test_a_process_that_exited_can_be_started_again(node):
+    first = node.start_process(ProcessSpec("once", ("sh", "-c", "sleep 0.2")))
+    wait_until(lambda: node.process_pid("once") is None, 10, "exited")
+    second = node.start_process(ProcessSpec("once", ("sleep", "600")))
+    assert second != first and node.process_pid("once") == second
+    node.stop_process("once")
+
+
 def test_a_bad_process_is_an_error_naming_it(node):
     with pytest.raises(InfraError, match="start nope.*No such file"):
         node.start_process(ProcessSpec("nope", ("/no/such/binary",)))
     with pytest.raises(InfraError, match="start m.*mount"):
         node.start_process(ProcessSpec("m", ("true",), mounts=(Mount("/no/such/target",
                                                                      source="/tmp"),)))
+
+
+def test_a_node_whose_supervisor_died_is_rebooted_when_adopted(provider, node):
+    dockerd = provider._dockerd_pid(node)
+    init = int(Path(node.state_dir, "proc", "init.pid").read_text().split()[0])
+    os.kill(init, 9)
+    wait_until(lambda: not host.is_live(init), 10, "supervisor dead")
+    with pytest.raises(InfraError, match="supervisor does not answer"):
+        node.start_process(ProcessSpec("late", ("sleep", "60")))
+    assert provider.adopt([NET], [node.node_id]) == {node.node_id: node}
+    provider.wait_nodes([node.name])
+    assert provider._dockerd_pid(node) not in (None, dockerd) and not host.is_live(dockerd)
+    assert node.start_process(ProcessSpec("late", ("sleep", "60"))) == node.process_pid("late")
 
 
 WORKER = textwrap.dedent("""

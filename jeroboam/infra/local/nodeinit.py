@@ -11,7 +11,7 @@ ask for live as long as the node.
 Requests come over ``<node dir>/init.sock``, one JSON object a line: ``{"op": "start", "spec":
 {...}}`` (a ProcessSpec as JSON), ``{"op": "stop", "name": ..., "timeout": ...}``. Per process
 NAME: ``proc/NAME.pid`` holds "PID STARTTIME" while it runs, ``proc/NAME.exit`` its last exit
-status, ``NAME.log`` its output.
+status, ``NAME.log`` its output; ``proc/init.pid`` is the supervisor's own.
 
 Standard library only: it runs as ``python -I -S nodeinit.py NODE_DIR [SPEC_FILE...]``, each
 SPEC_FILE a process to start before it reports ready.
@@ -88,7 +88,11 @@ class Supervisor:
             os.close(out)
         if stdout is None:
             self.running[spec["name"]] = pid
-            _write(os.path.join(self.proc_dir, f"{spec['name']}.pid"), f"{pid} {_start_time(pid)}\n")
+            try:
+                started = _start_time(pid)
+            except FileNotFoundError:
+                return pid  # exited and reaped already; the reaper records it
+            _write(os.path.join(self.proc_dir, f"{spec['name']}.pid"), f"{pid} {started}\n")
         return pid
 
     def _mount(self, mount: dict) -> None:
@@ -220,6 +224,8 @@ def main(node_dir: str, spec_files: list[str]) -> None:
         if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
         supervisor = Supervisor(node_dir)
+        _write(os.path.join(supervisor.proc_dir, "init.pid"),
+               f"{os.getpid()} {_start_time(os.getpid())}\n")
         threading.Thread(target=supervisor.reap, name="reaper", daemon=True).start()
         sock = os.path.join(node_dir, "init.sock")
         _remove(sock)
@@ -235,7 +241,7 @@ def main(node_dir: str, spec_files: list[str]) -> None:
     os.write(ready_w, f"ready {os.getpid()} {answer.get('pid', '') if spec_files else ''}\n"
              .encode())
     os.close(ready_w)
-    server.serve_forever()
+    server.serve_forever(poll_interval=None)  # nothing ever shuts it down: no need to wake
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ A *network* is a Linux bridge on the host with its own /24 (the host holds ``.1`
 a network namespace joined to that bridge by a veth with a fixed MAC, plus private mount and UTS
 namespaces running a dockerd of its own (own data-root, exec-root, /etc/docker,
 /run/containerd and cgroup parent) that serves TLS on ``IP:2376`` and a unix socket for us.
+The node's first process is its supervisor (nodeinit.py): it holds the namespaces, starts
+dockerd and whatever else a driver asks for, and reaps them, so no worker process is the
+parent of any node process.
 
 Names are derived from the caller's ids, so a create retried after a crash finds what the first
 attempt made. Every create/delete comes as a quick call plus a ``check_*`` poll, the shape the
@@ -36,7 +39,7 @@ from jeroboam.pki import KeyPair, issue_server_cert
 
 from . import host
 from .clients import ping, socket_client
-from .host import InfraError, wait_until
+from .host import InfraError, InfraTimeout, wait_until
 from .images import BASE_IMAGE, ImageTarball, build_busybox_tar, ensure_images
 
 DEFAULT_STATE_DIR = "/var/lib/jeroboam/local"
@@ -167,7 +170,12 @@ class NodeInfo(Node):
 
     def attributes(self) -> dict:
         return {"name": self.name, "hostname": self.hostname, "address": self.address,
-                "api_address": self.api_address, "mac": self.mac, "socket": self.socket_path}
+                "api_address": self.api_address, "mac": self.mac}
+
+
+def scoped(stack_id: str, ident: str) -> str:
+    """The provider's id of a stack's network or node: ids a template chose, within its stack."""
+    return f"{stack_id}/{ident}"
 
 
 def _digest(kind: str, ident: str) -> str:
@@ -192,6 +200,7 @@ class LocalProvider(Provider):
     server_type = "local"
     network_type = NETWORK_TYPE
     node_type = NODE_TYPE
+    scoped = staticmethod(scoped)
 
     def __init__(self, state_dir: str = DEFAULT_STATE_DIR, *, prefix: str = "jb",
                  address_pools: tuple[str, ...] | None = None, storage_driver: str = "vfs",
@@ -461,7 +470,8 @@ class LocalProvider(Provider):
     def _start(self, info: NodeInfo) -> None:
         with self._node_lock(info.name):
             net = self._ensure_netns(info)
-            if self._dockerd_pid(info) is not None:
+            if self._dockerd_pid(info) is not None and \
+                    _process_pid(info.state_dir, "init") is not None:
                 return
             d = Path(info.state_dir)
             if (d / "exec" / "containerd").exists() or (d / "init.sock").exists():
@@ -484,12 +494,17 @@ class LocalProvider(Provider):
                     "unshare", "--mount", "--uts", "--propagation", "private", "--",
                     "sh", "-c", NODE_INIT, "node-init", str(d), info.hostname,
                     f"{info.address}/{net.prefixlen}",
-                    sys.executable, "-I", "-S", NODEINIT, str(d), str(d / "proc" / "dockerd.json")]
+                    sys.executable, "-I", "-S", NODEINIT, str(d),
+                    str(d / "proc" / "dockerd.json")]
             with open(d / "init.log", "ab") as log:
                 # the supervisor's first process exits once the supervisor runs dockerd
-                init = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=log, env={"PATH": DOCKERD_PATH},
-                                      start_new_session=True, timeout=30)
+                try:
+                    init = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                          stderr=log, env={"PATH": DOCKERD_PATH},
+                                          start_new_session=True, timeout=30)
+                except subprocess.TimeoutExpired:
+                    raise InfraTimeout("start node", f"{info.name}: supervisor not ready after "
+                                       "30 s") from None
             if init.returncode != 0:
                 raise InfraError("start node", f"{info.name}: supervisor: "
                                  f"{init.stdout.decode(errors='replace').strip()} "

@@ -1,7 +1,7 @@
 """Kubernetes: coe ``kubernetes`` on every provider that makes nodes.
 
 A cluster is one orchestration stack of the provider's network and nodes, as for Swarm. On
-those nodes the driver runs Kubernetes v1.20-style components from ``[kubernetes] bin_dir``:
+those nodes the driver runs the Kubernetes binaries of ``[kubernetes] bin_dir`` (v1.20):
 masters run etcd (one member each), kube-apiserver on :6443, controller-manager (node podCIDRs)
 and scheduler; every node, masters included (tainted NoSchedule, as Magnum registers them),
 runs kubelet on its own dockerd (dockershim) with kubenet, and kube-proxy in iptables mode.
@@ -18,20 +18,19 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import logging
 import shlex
 import subprocess
+from contextlib import closing
 
 from jeroboam.drivers.nodes import dead_nodes
 from jeroboam.drivers.stack import ClusterStack, StackDriver, counts, live, parallel
+from jeroboam.drivers.swarm_health import HEALTHY, UNHEALTHY
 from jeroboam.infra import InfraError, Node, server_types, wait_until
 from jeroboam.pki import KeyPair
 
 from . import kubernetes_conf as conf
 from . import kubernetes_nodes as knodes
 from .kubernetes_api import APIError, KubeAPI, ready_condition
-
-LOG = logging.getLogger("jeroboam.drivers.kubernetes")
 
 API_TIMEOUT = 60
 NODES_TIMEOUT = 90
@@ -204,21 +203,14 @@ def dead(provider, nodes: list[Node]) -> list[Node]:
     return down + [n for n in nodes if n not in down and not _started(n)]
 
 
-def _docker_version(pairs) -> str | None:
-    node = pairs[0][0]
-    client = node.client(timeout=5)
-    try:
+def _docker_version(pairs) -> str:
+    with closing(pairs[0][0].client(timeout=5)) as client:
         return client.version()["Version"]
-    finally:
-        client.close()
-
-
-HEALTHY, UNHEALTHY = "HEALTHY", "UNHEALTHY"
 
 
 def assess(api: KubeAPI) -> tuple[str, dict]:
-    """As Magnum's Kubernetes monitor: ``{"api": <healthz>, "<node>.Ready": bool, ...}``;
-    HEALTHY when the API says ok and every node is Ready."""
+    """As Magnum's Kubernetes monitor: ``{"api": <healthz>, "<node>.Ready": "True"|"False",
+    ...}``; HEALTHY when the API says ok and every node is Ready."""
     reason = {}
     try:
         reason["api"] = api.healthz()

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 
 import sqlalchemy as sa
@@ -11,15 +10,13 @@ import sqlalchemy as sa
 from jeroboam import states
 from jeroboam.db.models import Cluster, ClusterTemplate, NodeGroup
 from jeroboam.drivers.nodes import node_key
-from jeroboam.drivers.swarm_health import AUTO_HEAL_LABEL, WATCHED, Monitor as SwarmMonitor
+from jeroboam.drivers.swarm_health import AUTO_HEAL_LABEL, HEALTHY, WATCHED, Monitor as SwarmMonitor
 from jeroboam.infra import provider_for
 from jeroboam.pki import KeyPair
 
-from .kubernetes import HEALTHY, assess, dead
+from .kubernetes import assess, dead
 from .kubernetes_api import KubeAPI
 from .stack import parallel
-
-LOG = logging.getLogger("jeroboam.drivers.kubernetes")
 
 # A dead kubelet's node turns NotReady after the node controller's grace period (8 s);
 # one round every 2 s keeps UNHEALTHY within 15 s of the death.
@@ -28,6 +25,9 @@ API_TIMEOUT = 3
 
 
 class Monitor(SwarmMonitor):
+    """Swarm's monitor (its round, its auto-heal task) with Kubernetes' own view of health:
+    the cluster's API, asked from here with a certificate from the cluster's CA."""
+
     def __call__(self, session_factory) -> None:
         with session_factory() as session:
             clusters = session.execute(

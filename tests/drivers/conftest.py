@@ -18,6 +18,7 @@ from keystoneauth1 import noauth, session as ks_session
 from magnumclient import client as magnum_client
 from magnumclient import exceptions as magnum_exc
 
+from jeroboam.drivers.nodes import node_key
 from jeroboam.infra.local import LocalProvider
 from jeroboam.infra.local.resources import prefix_for
 from tests.support import Api, Process, base_env, free_port, wait_http
@@ -193,3 +194,9 @@ def delete_leaves_the_host_as_before(service, magnum, cluster_uuid: str) -> None
     inventory, snapshot = service.before
     assert service.provider.inventory() == inventory
     assert host_snapshot() == snapshot
+
+
+def nodes_of(service, cluster_uuid: str) -> list:
+    """The cluster's nodes on the service's provider, by hostname."""
+    return sorted((n for n in service.provider.nodes()
+                   if (key := node_key(n)) and key[0] == cluster_uuid), key=lambda n: n.hostname)

@@ -17,7 +17,7 @@ from jeroboam.config import OPTIONS
 from jeroboam.drivers.kubernetes import CONVERGE_STEPS, CREATE_STEPS
 from jeroboam.drivers.kubernetes_conf import KUBELET_SYSCTLS
 from tests.drivers.conftest import (coe_cluster_config, delete_leaves_the_host_as_before,
-                                    new_cluster, wait_for, wait_status)
+                                    new_cluster, nodes_of, wait_for, wait_status)
 
 BIN_DIR = next(o.default for o in OPTIONS if (o.section, o.name) == ("kubernetes", "bin_dir"))
 KUBECTL = f"{BIN_DIR}/kubectl"
@@ -64,11 +64,6 @@ def kubectl(kubeconfig: str, *args: str, stdin: str | None = None, check=True) -
     if check:
         assert out.returncode == 0, f"kubectl {' '.join(args)}: {out.stderr}"
     return out.stdout
-
-
-def nodes_of(service, cluster_uuid: str):
-    return sorted((n for n in service.provider.nodes() if n.node_id.startswith(cluster_uuid)),
-                  key=lambda n: n.hostname)
 
 
 def ready_nodes(kubeconfig: str) -> dict[str, bool]:

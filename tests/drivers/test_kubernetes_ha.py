@@ -6,9 +6,9 @@ import json
 import pytest
 import yaml
 
-from tests.drivers.conftest import wait_status
+from tests.drivers.conftest import nodes_of, wait_status
 from tests.drivers.test_kubernetes import (delete_leaves_the_host_as_it_was, kube_cluster,
-                                           kubeconfig_of, kubectl, nodes_of, ready_nodes)
+                                           kubeconfig_of, kubectl, ready_nodes)
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,10 @@ import requests
 from magnumclient.common import utils as magnum_utils
 
 from jeroboam.drivers.swarm import CONVERGE_STEPS, CREATE_STEPS
-from jeroboam.drivers.nodes import node_key
 from jeroboam.infra.local import BASE_IMAGE, tls_client
 from jeroboam.pki import KeyPair, issue_client_cert, new_ca
 from tests.drivers.conftest import (coe_cluster_config, delete_leaves_the_host_as_before,
-                                    new_cluster, wait_for, wait_status)
+                                    new_cluster, nodes_of, wait_for, wait_status)
 from tests.orchestration.test_stacks_api import wait_stack
 from tests.support import Api
 
@@ -36,11 +35,6 @@ def no_ca_bundle(monkeypatch):
     # requests would let the host's CA bundle override the cluster CA the docker SDK is given
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         monkeypatch.delenv(name, raising=False)
-
-
-def nodes_of(service, cluster_uuid: str):
-    return sorted((n for n in service.provider.nodes() if node_key(n) and node_key(n)[0] == cluster_uuid),
-                  key=lambda n: n.hostname)
 
 
 def swarm_nodes(service, cluster_uuid: str) -> dict[str, dict]:

@@ -79,36 +79,34 @@ class KubeAPI:
                      content_type="application/strategic-merge-patch+json")
 
     def drain(self, name: str, timeout: float = 30) -> None:
-        """Cordon the node, evict its pods (PodDisruptionBudgets are respected until
-        ``timeout``, then pods are deleted), delete the Node object."""
+        """Cordon the node, evict its pods and wait until they are gone (PodDisruptionBudgets
+        are respected until ``timeout``; then, or at once when the node is not Ready and its
+        kubelet cannot stop them, pods are deleted without grace), delete the Node object."""
         try:
             self.patch_node(name, {"spec": {"unschedulable": True}})
+            live = ready_condition(self.request("GET", f"/api/v1/nodes/{name}"))
         except APIError as exc:
             if exc.status == 404:
                 return
             raise
         selector = urllib.parse.quote(f"spec.nodeName={name}")
         deadline = time.monotonic() + timeout
-        while True:
-            pods = self.request("GET", f"/api/v1/pods?fieldSelector={selector}")["items"]
-            pods = [p for p in pods if p["status"].get("phase") not in ("Succeeded", "Failed")
-                    and not p["metadata"].get("deletionTimestamp")]
-            if not pods:
-                break
+        while pods := self.request("GET", f"/api/v1/pods?fieldSelector={selector}")["items"]:
+            evict = live and time.monotonic() < deadline
             for pod in pods:
                 meta = pod["metadata"]
                 path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
                 try:
-                    if time.monotonic() < deadline:
+                    if not evict:
+                        self.request("DELETE", path, {"gracePeriodSeconds": 0})
+                    elif not meta.get("deletionTimestamp"):
                         self.request("POST", f"{path}/eviction", {
                             "apiVersion": "policy/v1beta1", "kind": "Eviction",
                             "metadata": {"name": meta["name"], "namespace": meta["namespace"]}})
-                    else:
-                        self.request("DELETE", path, {"gracePeriodSeconds": 0})
                 except APIError as exc:
                     if exc.status not in (404, 429):  # gone, or a budget says later
                         raise
-            time.sleep(0.3)
+            time.sleep(0.2)
         try:
             self.request("DELETE", f"/api/v1/nodes/{name}")
         except APIError as exc:

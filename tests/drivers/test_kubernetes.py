@@ -157,14 +157,18 @@ def test_deployment_service_logs_and_exec_across_nodes(kubeconfig):
     assert kubectl(kubeconfig, "exec", name, "--", "wget", "-q", "-O", "-",
                    f"http://{other[1]}:8080/").strip() == other[0]
     # the ClusterIP Service through kube-proxy's rules: each answer names the pod serving it;
-    # from one node, answers come from pods on both
+    # from one node, answers come from pods on both (once kube-proxy has every endpoint)
     service_ip = json.loads(kubectl(kubeconfig, "get", "service", "web", "-o", "json"))[
         "spec"]["clusterIP"]
-    answers = set(kubectl(kubeconfig, "exec", name, "--", "sh", "-c",
-                          f"for i in $(seq 20); do wget -q -O - http://{service_ip}/; done"
-                          ).split())
-    assert answers <= set(where) and {where[a][0] for a in answers} == {"kube-node-0",
-                                                                         "kube-node-1"}
+    answers = set()
+
+    def both_nodes() -> bool:
+        answers.update(kubectl(kubeconfig, "exec", name, "--", "sh", "-c",
+                               f"for i in $(seq 10); do wget -q -O - http://{service_ip}/ "
+                               "|| echo failed; done").split())
+        assert answers <= set(where), answers
+        return {where[a][0] for a in answers} == {"kube-node-0", "kube-node-1"}
+    wait_for(both_nodes, 60, "answers from pods on both nodes", interval=0.5)
     kubectl(kubeconfig, "delete", "deployment", "web")
 
 

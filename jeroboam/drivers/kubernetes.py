@@ -135,17 +135,14 @@ class _KubeStack(ClusterStack):
             knodes.import_pause(node, self.pause)
         parallel(prepare, pairs)
 
-    def start_control_plane(self) -> None:
+    def start(self, names=knodes.CONTROL_PLANE + knodes.NODE_AGENTS) -> None:
+        """Start the processes ``names`` on every node that runs them. Kubelets may start with
+        the control plane: they register as soon as the API answers."""
         spec, pairs = self.layout()
-        parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]),
-                                        knodes.CONTROL_PLANE),
-                 [p for p in pairs if p[1].master])
-        wait_api(self.api(spec))
+        parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]), names), pairs)
 
-    def start_agents(self) -> None:
-        spec, pairs = self.layout()
-        parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]),
-                                        knodes.NODE_AGENTS), pairs)
+    def wait_api(self) -> None:
+        wait_api(self.api())
 
     def route_pods(self) -> None:
         """Once every node has its podCIDR: a route to each from every other node."""
@@ -223,8 +220,8 @@ def assess(api: KubeAPI) -> tuple[str, dict]:
     return (HEALTHY if healthy else UNHEALTHY), reason
 
 
-CREATE_STEPS = ["create stack", "start nodes", "configure nodes", "start control plane",
-                "start kubelets", "route pods", "wait for nodes", "report addresses"]
+CREATE_STEPS = ["create stack", "start nodes", "configure nodes", "start kubernetes",
+                "wait for the API", "route pods", "wait for nodes", "report addresses"]
 CONVERGE_STEPS = ["choose nodes", "drain nodes", "update nodes", "configure nodes",
                   "start kubelets", "route pods", "wait for nodes", "report addresses"]
 
@@ -243,8 +240,8 @@ class KubernetesDriver(StackDriver):
         ctx.run_step("create stack", lambda: s.create(s.groups))
         ctx.run_step("start nodes", lambda: s.run("CREATE"))
         ctx.run_step("configure nodes", s.configure)
-        ctx.run_step("start control plane", s.start_control_plane)
-        ctx.run_step("start kubelets", s.start_agents)
+        ctx.run_step("start kubernetes", s.start)
+        ctx.run_step("wait for the API", s.wait_api)
         ctx.run_step("route pods", s.route_pods)
         ctx.run_step("wait for nodes", s.wait_ready)
         ctx.run_step("report addresses", s.report)
@@ -257,8 +254,8 @@ class KubernetesDriver(StackDriver):
         old_ca, s.ca = s.ca, new_ca  # the cluster's CA is the old one until the task's end
         s.update(s.groups, {"ca_cert": new_ca.cert_pem, "ca_key": new_ca.key_pem})
         s.configure(previous_ca=old_ca)
-        s.start_control_plane()
-        s.start_agents()
+        s.start()
+        s.wait_api()
         s.wait_ready()
 
     def periodic_tasks(self, settings):
@@ -276,7 +273,7 @@ class KubernetesDriver(StackDriver):
             params["images"] = images
         ctx.run_step("update nodes", lambda: s.update(s.groups, params))
         ctx.run_step("configure nodes", lambda: s.configure(only_new=True))
-        ctx.run_step("start kubelets", s.start_agents)
+        ctx.run_step("start kubelets", lambda: s.start(knodes.NODE_AGENTS))
         ctx.run_step("route pods", s.route_pods)
         ctx.run_step("wait for nodes", s.wait_ready)
         ctx.run_step("report addresses", s.report)

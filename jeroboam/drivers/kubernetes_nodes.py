@@ -84,9 +84,8 @@ def cgroup_root(node: Node) -> str:
     return f"{node.cgroup_parent}/kubelet"
 
 
-def start(node: Node, specs: list[ProcessSpec], names=None) -> None:
-    if names is not None:
-        specs = [s for s in specs if s.name in names]
+def start(node: Node, specs: list[ProcessSpec], names) -> None:
+    specs = [s for s in specs if s.name in names]
     if any(s.name == "kubelet" for s in specs):
         # /var/lib/cni: a mount point in every node's mount namespace (empty on the host);
         # the cgroup root: a kubelet refuses to start unless it exists in every hierarchy

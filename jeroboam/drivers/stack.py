@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import sqlalchemy as sa
 
+from jeroboam import states
 from jeroboam.db.models import ClusterTemplate, NodeGroup
 from jeroboam.drivers import Driver
 from jeroboam.drivers.nodes import dead_nodes, reconcile
@@ -101,7 +102,7 @@ def counts(groups: list[NodeGroup], removals: dict[str, list[str]]) -> dict:
 
 
 def live(groups: list[NodeGroup]) -> list[NodeGroup]:
-    return [g for g in groups if not g.status.startswith("DELETE")]
+    return [g for g in groups if g.status not in states.DELETE_STATUSES]
 
 
 def parallel(fn, items: list) -> list:

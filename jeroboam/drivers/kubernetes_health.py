@@ -70,4 +70,4 @@ class Monitor(SwarmMonitor):
             provider = provider_for(cluster.server_type, self.settings)
             gone = dead(provider, nodes.get(cluster.uuid, []))
             if gone:
-                self.heal(session_factory, cluster.uuid, cluster.status, gone)
+                self.heal(session_factory, cluster.uuid, gone)

@@ -112,6 +112,13 @@ OPTIONS: list[Option] = [
     Option("auth", "noauth_allow_remote", False, "Let noauth serve on a non-loopback address and answer "
                                                  "requests addressed to other names: anyone who can reach it "
                                                  "acts as any project, admin included."),
+    # kubernetes driver
+    Option("kubernetes", "bin_dir", "/var/cache/jeroboam/kubernetes/v1.20.2/bin",
+           "Directory of kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and "
+           "kube-proxy (scripts/build-kubernetes.sh puts them here; official release binaries "
+           "work too). Clusters report what kube-apiserver --version says."),
+    Option("kubernetes", "pause_binary", "/var/cache/jeroboam/kubernetes/v1.20.2/pause/pause",
+           "A static pause binary; imported into every node as the pod sandbox image."),
 ]
 
 

@@ -7,6 +7,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 bash scripts/host-prereqs.sh
+bash scripts/build-kubernetes.sh   # the kubernetes driver's binaries (cached after the first run)
 source scripts/setup.sh
 DATA=${JEROBOAM_DATA_DIR:-$ROOT/.data}
 BIND=${JEROBOAM_BIND:-127.0.0.1:9511}
@@ -22,6 +23,9 @@ curl -sf "$URL/healthcheck" >/dev/null || { echo "jeroboam did not start; see $D
 
 if [[ -x scripts/demo-cluster.sh ]]; then
   bash scripts/demo-cluster.sh "$URL"
+fi
+if [[ ${JEROBOAM_DEMO_KUBERNETES:-1} != 0 ]]; then
+  bash scripts/demo-kubernetes.sh "$URL"
 fi
 
 cat <<EOT

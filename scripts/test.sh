@@ -5,6 +5,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 bash scripts/host-prereqs.sh
+bash scripts/build-kubernetes.sh   # the kubernetes driver's binaries (cached after the first run)
 JEROBOAM_EXTRAS=test source scripts/setup.sh
 JEROBOAM_TEST_POSTGRES=$(bash scripts/postgres.sh)
 JEROBOAM_TEST_MARIADB=$(bash scripts/mariadb.sh)

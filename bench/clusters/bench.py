@@ -9,10 +9,14 @@ from the request until the API shows the operation's end, polling every 20 ms:
   - resize a 3-node cluster to 10 nodes until UPDATE_COMPLETE
 The bare recipe: `swarm-local.sh up 3` and `up 10` (parallel starts, 1 manager, its defaults),
 each from a clean `down`, in its own state directory, bridge and free /24.
+Kubernetes (coe kubernetes, binaries of scripts/build-kubernetes.sh), same service:
+  - create 1 master + 2 workers until CREATE_COMPLETE (the driver's last steps wait for every
+    node's Ready condition), with the median time of each step of the create task
+  - delete it until the API answers 404
 Medians of --runs (3) after one untimed warm-up of each. Everything made is removed at the end,
 also on failure.
 
-    bash bench/clusters/run.sh [--runs 3] [--json out.json]
+    bash bench/clusters/run.sh [--runs 3] [--coe all|swarm|kubernetes] [--json out.json]
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from jeroboam.infra.local import LocalProvider  # noqa: E402
 from jeroboam.infra.local.resources import prefix_for  # noqa: E402
 
 RECIPE = ROOT.parent / "shared" / "notes" / "local-swarm" / "swarm-local.sh"
-TARGETS = {"create 3 nodes": 2.7, "create 10 nodes": 9.0, "delete 3 nodes": 5.0}
+TARGETS = {"create 3 nodes": 2.7, "create 10 nodes": 9.0, "delete 3 nodes": 5.0,
+           "k8s create 1+2 nodes": 20.0, "k8s delete 1+2 nodes": 5.0}
 BARE_OF = {"create 3 nodes": "up 3", "create 10 nodes": "up 10"}
 HEADERS = {"OpenStack-API-Version": "container-infra latest"}
 POLL = 0.02
@@ -89,14 +94,24 @@ class Service:
                 raise RuntimeError(f"cluster {uuid}: {body['status']}: {body['status_reason']}")
             time.sleep(POLL)
 
-    def create(self, name: str, node_count: int) -> tuple[str, float]:
+    def create(self, name: str, node_count: int, template: str = "bench") -> tuple[str, float]:
         started = time.monotonic()
         reply = self.http.post("/v1/clusters", json={
-            "name": name, "cluster_template_id": "bench", "master_count": 1,
+            "name": name, "cluster_template_id": template, "master_count": 1,
             "node_count": node_count})
         assert reply.status_code == 202, reply.text
         uuid = reply.json()["uuid"]
+        self.last_task = reply.headers["Location"].rsplit("/", 1)[1]
         return uuid, self.wait(uuid, lambda c, b: b.get("status") == "CREATE_COMPLETE") - started
+
+    def template(self, name: str, coe: str) -> None:
+        reply = self.http.post("/v1/clustertemplates", json={
+            "name": name, "coe": coe, "image_id": "jeroboam-node", "server_type": "local"})
+        assert reply.status_code == 201, reply.text
+
+    def steps(self, task: str) -> dict[str, float]:
+        body = self.http.get(f"/v1/tasks/{task}").json()["task"]
+        return {s["name"]: s["duration_seconds"] for s in body["steps"]}
 
     def resize(self, uuid: str, node_count: int) -> float:
         started = time.monotonic()
@@ -133,10 +148,7 @@ def bench_service(runs: int, data: Path) -> dict[str, list[float]]:
     times = {"create 3 nodes": [], "delete 3 nodes": [], "create 10 nodes": [],
              "resize 3 to 10 nodes": []}
     try:
-        reply = service.http.post("/v1/clustertemplates", json={
-            "name": "bench", "coe": "swarm-mode", "image_id": "jeroboam-node",
-            "server_type": "local"})
-        assert reply.status_code == 201, reply.text
+        service.template("bench", "swarm-mode")
         for run in range(runs + 1):
             warm = run == 0  # the first builds the base image and warms the caches
             uuid, t_create3 = service.create(f"c3-{run}", 2)
@@ -157,6 +169,30 @@ def bench_service(runs: int, data: Path) -> dict[str, list[float]]:
     finally:
         service.close()
     return times
+
+
+def bench_kubernetes(runs: int, data: Path) -> tuple[dict[str, list[float]], dict]:
+    service = Service(data)
+    times = {"k8s create 1+2 nodes": [], "k8s delete 1+2 nodes": []}
+    steps: dict[str, list[float]] = {}
+    try:
+        service.template("bench-k8s", "kubernetes")
+        for run in range(runs + 1):
+            warm = run == 0
+            uuid, t_create = service.create(f"k-{run}", 2, "bench-k8s")
+            took = service.steps(service.last_task)
+            t_delete = service.delete(uuid)
+            log(f"k8s  run {run}{' (warm-up)' if warm else ''}: create 1+2 {t_create:.2f} s "
+                f"({', '.join(f'{k} {v:.2f}' for k, v in took.items())}), "
+                f"delete {t_delete:.2f} s")
+            if not warm:
+                times["k8s create 1+2 nodes"].append(t_create)
+                times["k8s delete 1+2 nodes"].append(t_delete)
+                for name, value in took.items():
+                    steps.setdefault(name, []).append(value)
+    finally:
+        service.close()
+    return times, {k: statistics.median(v) for k, v in steps.items()}
 
 
 def free_24() -> str:
@@ -202,19 +238,25 @@ def bench_recipe(runs: int, data: Path) -> dict[str, list[float]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--coe", choices=("all", "swarm", "kubernetes"), default="all")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("the bench builds real swarms: run it as root")
     # short paths: unix sockets under the state directories must stay below 108 bytes
     work = Path(tempfile.mkdtemp(prefix="jbk-", dir="/tmp"))
+    api, bare, k8s, k8s_steps = {}, {}, {}, {}
     try:
-        (work / "api").mkdir()
-        (work / "bare").mkdir()
-        api = bench_service(args.runs, work / "api")
-        bare = bench_recipe(args.runs, work / "bare")
+        for sub in ("api", "bare", "k8s"):
+            (work / sub).mkdir()
+        if args.coe in ("all", "swarm"):
+            api = bench_service(args.runs, work / "api")
+            bare = bench_recipe(args.runs, work / "bare")
+        if args.coe in ("all", "kubernetes"):
+            k8s, k8s_steps = bench_kubernetes(args.runs, work / "k8s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    api.update(k8s)
 
     medians = {k: statistics.median(v) for k, v in {**api, **bare}.items()}
     print(f"\nClusters through the API vs the bare recipe: medians of {args.runs} "
@@ -228,8 +270,13 @@ def main() -> int:
         verdict = ("ok" if medians[key] <= target else "MISSED") if target else ""
         print(f"{key:<22}{medians[key]:>7.2f} s{bare_s:>9}{ratio:>8}"
               f"{f'{target:.1f} s' if target else '-':>9}  {verdict}")
+    if k8s_steps:
+        print("\nKubernetes create, median time of each task step:")
+        for name, value in k8s_steps.items():
+            print(f"  {name:<22}{value:>7.2f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"runs": {**api, **bare}, "medians": medians},
+        Path(args.json).write_text(json.dumps({"runs": {**api, **bare}, "medians": medians,
+                                               "kubernetes_create_steps": k8s_steps},
                                               indent=1) + "\n")
     return 0
 

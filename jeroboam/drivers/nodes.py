@@ -54,7 +54,7 @@ def reconcile(provider: Provider, session_factory) -> None:
     broken = {c.stack_id for c in clusters if c.status in BROKEN}
     busy = {c.uuid for c in clusters if c.status in states.IN_PROGRESS_STATUSES}
     busy_stacks = {c.stack_id for c in clusters if c.uuid in busy}
-    from jeroboam.drivers.swarm import stack_id_of  # the driver module imports this one
+    from jeroboam.drivers.stack import stack_id_of  # that module imports this one
 
     keep = {node_type: set(),
             network_type: {provider.scoped(stack_id_of(c), c) for c in busy}}

@@ -6,8 +6,10 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,12 +18,14 @@ from keystoneauth1 import noauth, session as ks_session
 from magnumclient import client as magnum_client
 from magnumclient import exceptions as magnum_exc
 
+from jeroboam.drivers.nodes import node_key
 from jeroboam.infra.local import LocalProvider
 from jeroboam.infra.local.resources import prefix_for
 from tests.support import Api, Process, base_env, free_port, wait_http
 
 # The noauth operator's project: `openstack coe` sent without identity headers sees it too.
 PROJECT = "default"
+OPENSTACK = str(Path(sys.executable).with_name("openstack"))
 TERMINAL = re.compile(r"_(COMPLETE|FAILED)$")
 
 
@@ -152,3 +156,47 @@ def delete_cluster(magnum, ident: str) -> None:
     except magnum_exc.NotFound:
         return
     wait_gone(magnum, ident)
+
+
+@contextmanager
+def new_cluster(magnum, coe: str, name: str, **counts):
+    """A cluster (``master_count``/``node_count`` in ``counts``) of a new template of ``coe``
+    on the local provider; deleted when done."""
+    template = magnum.cluster_templates.create(name=f"{name}-{coe}", coe=coe,
+                                               image_id="jeroboam-node", server_type="local")
+    created = magnum.clusters.create(name=name, cluster_template_id=template.uuid, **counts)
+    try:
+        yield created.uuid
+    finally:
+        delete_cluster(magnum, created.uuid)
+
+
+def coe_cluster_config(service, cluster_uuid: str, directory: Path, *extra: str) -> dict[str, str]:
+    """`openstack coe cluster config`, unchanged: it writes into ``directory``; the variables
+    it prints to export."""
+    env = {**os.environ, "OS_AUTH_TYPE": "none", "OS_ENDPOINT": service.url + "/v1",
+           "SHELL": "/bin/bash"}
+    out = subprocess.run([OPENSTACK, "coe", "cluster", "config", cluster_uuid, "--dir",
+                          str(directory), *extra],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return dict(line[len("export "):].split("=", 1) for line in out.stdout.splitlines()
+                if line.startswith("export "))
+
+
+def delete_leaves_the_host_as_before(service, magnum, cluster_uuid: str) -> None:
+    """Delete the cluster; the provider's namespaces, links, mounts, cgroups, processes and
+    state, and the host's routes and iptables, are then as before any cluster."""
+    started = time.monotonic()
+    magnum.clusters.delete(cluster_uuid)
+    wait_gone(magnum, cluster_uuid)
+    print(f"cluster deleted in {time.monotonic() - started:.2f} s")
+    inventory, snapshot = service.before
+    assert service.provider.inventory() == inventory
+    assert host_snapshot() == snapshot
+
+
+def nodes_of(service, cluster_uuid: str) -> list:
+    """The cluster's nodes on the service's provider, by hostname."""
+    return sorted((n for n in service.provider.nodes()
+                   if (key := node_key(n)) and key[0] == cluster_uuid), key=lambda n: n.hostname)

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from jeroboam.drivers.swarm import stack_id_of
-from jeroboam.drivers.nodes import node_key
+from jeroboam.drivers.stack import stack_id_of
 from jeroboam.infra.local.resources import scoped
-from tests.drivers.conftest import delete_cluster, wait_for, wait_status
+from tests.drivers.conftest import delete_cluster, nodes_of, wait_for, wait_status
 
 
 @pytest.fixture
@@ -31,10 +30,6 @@ def new_cluster(magnum):
     finally:
         for uuid in made:
             delete_cluster(magnum, uuid)
-
-
-def nodes_of(service, cluster_uuid: str):
-    return [n for n in service.provider.nodes() if node_key(n) and node_key(n)[0] == cluster_uuid]
 
 
 def test_a_failing_step_names_itself_and_leaves_nothing(service, magnum, new_cluster):

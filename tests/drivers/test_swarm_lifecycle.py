@@ -4,8 +4,6 @@ real dockerds and a real swarm with real TLS. The tests run in order on the same
 import io
 import os
 import signal
-import subprocess
-import sys
 import tarfile
 import time
 from contextlib import closing
@@ -17,26 +15,19 @@ import requests
 from magnumclient.common import utils as magnum_utils
 
 from jeroboam.drivers.swarm import CONVERGE_STEPS, CREATE_STEPS
-from jeroboam.drivers.nodes import node_key
 from jeroboam.infra.local import BASE_IMAGE, tls_client
 from jeroboam.pki import KeyPair, issue_client_cert, new_ca
-from tests.drivers.conftest import delete_cluster, host_snapshot, wait_for, wait_gone, wait_status
+from tests.drivers.conftest import (coe_cluster_config, delete_leaves_the_host_as_before,
+                                    new_cluster, nodes_of, wait_for, wait_status)
 from tests.orchestration.test_stacks_api import wait_stack
 from tests.support import Api
 
-OPENSTACK = str(Path(sys.executable).with_name("openstack"))
 
 
 @pytest.fixture(scope="module")
 def cluster(service, magnum):
-    template = magnum.cluster_templates.create(name="swarm", coe="swarm-mode",
-                                               image_id="jeroboam-node", server_type="local")
-    created = magnum.clusters.create(name="life", cluster_template_id=template.uuid,
-                                     master_count=1, node_count=1)
-    try:
-        yield created.uuid
-    finally:
-        delete_cluster(magnum, created.uuid)
+    with new_cluster(magnum, "swarm-mode", "life", master_count=1, node_count=1) as uuid:
+        yield uuid
 
 
 @pytest.fixture
@@ -44,11 +35,6 @@ def no_ca_bundle(monkeypatch):
     # requests would let the host's CA bundle override the cluster CA the docker SDK is given
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         monkeypatch.delenv(name, raising=False)
-
-
-def nodes_of(service, cluster_uuid: str):
-    return sorted((n for n in service.provider.nodes() if node_key(n) and node_key(n)[0] == cluster_uuid),
-                  key=lambda n: n.hostname)
 
 
 def swarm_nodes(service, cluster_uuid: str) -> dict[str, dict]:
@@ -60,14 +46,7 @@ def swarm_nodes(service, cluster_uuid: str) -> dict[str, dict]:
 
 def cluster_config(service, cluster_uuid: str, directory: Path, *extra: str) -> dict[str, str]:
     """`openstack coe cluster config`, unchanged: certificates written, the env it prints."""
-    env = {**os.environ, "OS_AUTH_TYPE": "none", "OS_ENDPOINT": service.url + "/v1",
-           "SHELL": "/bin/bash"}
-    out = subprocess.run([OPENSTACK, "coe", "cluster", "config", cluster_uuid, "--dir",
-                          str(directory), "--output-certs", *extra],
-                         env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    exports = dict(line[len("export "):].split("=", 1) for line in out.stdout.splitlines()
-                   if line.startswith("export "))
+    exports = coe_cluster_config(service, cluster_uuid, directory, "--output-certs", *extra)
     assert set(exports) == {"DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY"}
     return exports
 
@@ -279,10 +258,4 @@ def test_upgrade_imports_the_images_the_new_template_names(service, magnum, clus
 
 
 def test_delete_leaves_the_host_as_before(service, magnum, cluster):
-    started = time.monotonic()
-    magnum.clusters.delete(cluster)
-    wait_gone(magnum, cluster)
-    print(f"cluster deleted in {time.monotonic() - started:.2f} s")
-    inventory, snapshot = service.before
-    assert service.provider.inventory() == inventory
-    assert host_snapshot() == snapshot
+    delete_leaves_the_host_as_before(service, magnum, cluster)

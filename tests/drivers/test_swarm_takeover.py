@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from jeroboam.infra.local import NodeSpec
-from jeroboam.drivers.nodes import node_key
 from jeroboam.pki import new_ca
-from tests.drivers.conftest import (close_service, delete_cluster, new_service, wait_for,
-                                    wait_gone, wait_status)
+from tests.drivers.conftest import (close_service, new_cluster, new_service, nodes_of,
+                                    wait_for, wait_gone, wait_status)
 from tests.support import Process, wait_http, zombies
 from tests.test_postgres_scale_out import database  # noqa: F401  (a fixture)
 
@@ -39,18 +38,8 @@ def service(host, database):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def cluster(service, magnum):
-    template = magnum.cluster_templates.create(name="swarm", coe="swarm-mode",
-                                               image_id="jeroboam-node", server_type="local")
-    created = magnum.clusters.create(name="durable", cluster_template_id=template.uuid,
-                                     node_count=2)
-    try:
-        yield created.uuid
-    finally:
-        delete_cluster(magnum, created.uuid)
-
-
-def nodes_of(service, cluster_uuid: str):
-    return [n for n in service.provider.nodes() if node_key(n) and node_key(n)[0] == cluster_uuid]
+    with new_cluster(magnum, "swarm-mode", "durable", node_count=2) as uuid:
+        yield uuid
 
 
 def ready_members(node) -> list[str]:

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, aliased
 
 from jeroboam import states
 from jeroboam.db.base import utcnow
-from jeroboam.db.models import Task, TaskEvent
+from jeroboam.db.models import Task, TaskEvent, TaskStep
 from jeroboam.tasks import registry
 
 # Set when a task is enqueued in this process, so local workers need not wait a poll.
@@ -43,14 +43,20 @@ def enqueue(session: Session, action: str, resource_type: str, resource_uuid: st
     return task
 
 
-def request_cancel(session: Session, task: Task) -> None:
-    """Cancel a pending task now; ask a running one to stop at its next step."""
+# payload key: why the task was asked to stop, the reason it ends with
+CANCEL_REASON = "cancel_reason"
+
+
+def request_cancel(session: Session, task: Task, reason: str) -> None:
+    """Cancel a pending task now; ask a running one to stop at its next step. `reason`
+    names who or what asked ("cluster delete requested by <user>")."""
     if task.state == states.PENDING:
-        finish(session, task, "cancel", "cancelled before it started")
+        finish(session, task, "cancel", f"{reason}, before it started")
     else:
         states.TASK.next(task.state, "cancel")  # raises if the task has already ended
         task.cancel_requested = True
-        session.add(TaskEvent(task_id=task.id, message="cancel requested"))
+        task.payload = {**(task.payload or {}), CANCEL_REASON: reason}
+        session.add(TaskEvent(task_id=task.id, message=f"cancel requested: {reason}"))
 
 
 def cancel_unfinished(session: Session, lock_key: str, reason: str) -> None:
@@ -61,8 +67,7 @@ def cancel_unfinished(session: Session, lock_key: str, reason: str) -> None:
     ).all()
     for task in unfinished:
         if registry.get(task.action).cancellable and not task.cancel_requested:
-            request_cancel(session, task)
-            session.add(TaskEvent(task_id=task.id, message=reason))
+            request_cancel(session, task, reason)
 
 
 def claim(session_factory, worker: str, lease_seconds: float, row_locks: bool, batch: int = 4,
@@ -126,6 +131,19 @@ def heartbeat(session_factory, worker: str, lease_seconds: float, task_ids: froz
         )
 
 
+def _end_steps(session: Session, task: Task, event: str, reason: str | None) -> None:
+    """A task that stops ends its steps: the one running (perhaps left by a dead worker,
+    the task cancelled right after its takeover) fails or is cancelled with the task's
+    reason; a cancelled task's steps not yet begun are cancelled too."""
+    ending = (states.RUNNING, states.PENDING) if event == "cancel" else (states.RUNNING,)
+    now = utcnow()
+    for step in session.scalars(sa.select(TaskStep).where(TaskStep.task_id == task.id,
+                                                          TaskStep.state.in_(ending))):
+        step.state = states.STEP.next(step.state, event)
+        step.finished_at = now
+        step.error = reason
+
+
 def finish(session: Session, task: Task, event: str, reason: str | None = None,
            detail: dict | None = None) -> None:
     """End a task (succeed, fail or cancel) and move its resource, in one transaction."""
@@ -141,6 +159,7 @@ def finish(session: Session, task: Task, event: str, reason: str | None = None,
     else:
         task.error = reason
         task.error_detail = detail
+        _end_steps(session, task, event, reason)
         level = "warning" if event == "cancel" else "error"
         session.add(TaskEvent(task_id=task.id, level=level, message=f"{task.action} {task.state.lower()}: {reason}"))
         if action.on_failure:

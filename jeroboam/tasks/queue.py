@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, aliased
 from jeroboam import states
 from jeroboam.db.base import utcnow
 from jeroboam.db.models import Task, TaskEvent, TaskStep
-from jeroboam.tasks import registry
+from jeroboam.tasks import liveness, registry
 
 # Set when a task is enqueued in this process, so local workers need not wait a poll.
 work_available = threading.Event()
@@ -71,11 +71,14 @@ def cancel_unfinished(session: Session, lock_key: str, reason: str) -> None:
 
 
 def claim(session_factory, worker: str, lease_seconds: float, row_locks: bool, batch: int = 4,
-          running_here: frozenset[int] = frozenset()) -> Task | None:
+          running_here: frozenset[int] = frozenset(), session_locks: bool = False) -> Task | None:
     """Take the first task that may run now: a pending one that no other task of its lock
-    key comes before or runs beside, or a running one whose worker stopped heartbeating.
-    Never one of `running_here`, the tasks this worker is running: a lease that ran out
-    under a long step is not a dead worker's."""
+    key comes before or runs beside, or a running one whose worker died. With
+    `session_locks` (PostgreSQL, see jeroboam.tasks.liveness) a worker died when its
+    session lock is free, however recent its heartbeat, and lives while it holds it,
+    however late; otherwise when it stopped heartbeating (its lease ran out). Never one
+    of `running_here`, the tasks this worker is running: a lease that ran out under a long
+    step is not a dead worker's."""
     now = utcnow()
     other = aliased(Task)
     waits = (
@@ -85,14 +88,23 @@ def claim(session_factory, worker: str, lease_seconds: float, row_locks: bool, b
                       sa.and_(other.state == states.PENDING, other.id < Task.id)))
         .exists()
     )
-    abandoned = sa.and_(Task.state == states.RUNNING, Task.lease_expires_at < now)
-    startable = sa.or_(Task.state == states.PENDING, abandoned)
-    candidates = (sa.select(Task.id).where(sa.or_(sa.and_(Task.state == states.PENDING, ~waits), abandoned),
-                                           Task.id.not_in(running_here))
-                  .order_by(Task.id).limit(batch))
-    if row_locks:
-        candidates = candidates.with_for_update(skip_locked=True, of=Task)
     with session_factory() as session, session.begin():
+        expired = Task.lease_expires_at < now
+        if session_locks:
+            others = session.scalars(sa.select(Task.worker).distinct()
+                                     .where(Task.state == states.RUNNING, Task.worker != worker)).all()
+            # this worker's own name: tasks a killed predecessor held (freed when it started)
+            gone = sa.or_(Task.worker.in_(liveness.dead(session, others)),
+                          sa.and_(Task.worker == worker, expired))
+        else:
+            gone = expired
+        abandoned = sa.and_(Task.state == states.RUNNING, gone)
+        startable = sa.or_(Task.state == states.PENDING, abandoned)
+        candidates = (sa.select(Task.id).where(sa.or_(sa.and_(Task.state == states.PENDING, ~waits), abandoned),
+                                               Task.id.not_in(running_here))
+                      .order_by(Task.id).limit(batch))
+        if row_locks:
+            candidates = candidates.with_for_update(skip_locked=True, of=Task)
         for task_id in session.scalars(candidates).all():
             # read after the candidates: a task starts after the end of the one it waited for
             started = utcnow()

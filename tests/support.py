@@ -26,6 +26,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def zombies() -> dict[int, int]:
+    """Zombie (<defunct>) processes host-wide: PID -> parent PID."""
+    found = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if stat[0] == "Z":
+            found[int(entry)] = int(stat[1])
+    return found
+
+
 def base_env(data_dir: Path, **settings: str) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(PLUGINS), str(ROOT), env.get("PYTHONPATH", "")])
@@ -40,12 +53,12 @@ def base_env(data_dir: Path, **settings: str) -> dict:
 
 
 class Process:
-    """A jeroboam command run as a child; stopped by its PID only."""
+    """A jeroboam command (or, with `program`, another one) run as a child; stopped by its PID only."""
 
-    def __init__(self, args: list[str], env: dict, log: Path):
+    def __init__(self, args: list[str], env: dict, log: Path, program: list[str] = JEROBOAM):
         self.log_path = log
         self.log = open(log, "ab")
-        self.proc = subprocess.Popen(JEROBOAM + args, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(program + args, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      cwd=ROOT)
 
     @property

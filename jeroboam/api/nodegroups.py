@@ -21,7 +21,8 @@ INTERNAL = frozenset({"/name", "/cluster_id", "/docker_volume_size", "/labels", 
                       "/node_addresses", "/node_count", "/role", "/is_default", "/stack_id", "/status",
                       "/status_reason", "/version"})
 PATCH_RESULT = Body("nodegroup", {"type": "object", "properties": {
-    k: schemas.NODEGROUP_PROPERTIES[k] for k in ("min_node_count", "max_node_count", "node_labels", "node_taints")}})
+    k: schemas.NODEGROUP_PROPERTIES[k] for k in ("min_node_count", "max_node_count", "node_labels", "node_taints")}},
+    patched=True)
 # What a `remove` op leaves behind for each patchable attribute.
 REMOVED_VALUE = {"min_node_count": 0, "max_node_count": None, "node_labels": {}, "node_taints": []}
 # Kubelet refuses most labels in its own namespaces; these are the ones it lets a node set.

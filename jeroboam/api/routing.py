@@ -123,7 +123,7 @@ class Resource:
         try:
             if version < endpoint.min_version:
                 raise microversions.too_old(version)
-            project, user, roles = state.auth.identify(request.headers)
+            project, user, roles = await state.auth.identify(request.headers)
             ctx = RequestContext(project, user, roles, request_id, version)
             query = self._check_query(endpoint, version, request)
             body = await self._check_body(endpoint, version, request)

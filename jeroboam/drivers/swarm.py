@@ -1,8 +1,8 @@
-"""Docker Swarm on the local provider: coe ``swarm-mode`` (and the legacy ``swarm``) on
-server_type ``local``.
+"""Docker Swarm: coe ``swarm-mode`` (and the legacy ``swarm``), on the nodes of the provider of
+the template's server_type (``local`` today).
 
-A cluster is one orchestration stack: a ``Jeroboam::Local::Network`` and, per nodegroup, an
-``OS::Heat::ResourceGroup`` of ``Jeroboam::Local::Node``. Master nodegroups are the swarm's
+A cluster is one orchestration stack: the provider's network resource and, per nodegroup, an
+``OS::Heat::ResourceGroup`` of the provider's node resource. Master nodegroups are the swarm's
 managers, the others its workers. Every change of nodes runs the same steps: choose the nodes
 that go, take them out of the swarm, update and run the stack (nodes start and stop in
 parallel), make the swarm match, report addresses. Steps are idempotent, so a worker taking a
@@ -27,11 +27,11 @@ import sqlalchemy as sa
 from jeroboam import states
 from jeroboam.db.models import ClusterTemplate, NodeGroup
 from jeroboam.drivers import Driver
+from jeroboam.drivers import swarm_ops as swarm
+from jeroboam.drivers.nodes import dead_nodes, reconcile
 from jeroboam.drivers.swarm_health import (MONITOR_INTERVAL, Monitor, assess, by_hostname,
-                                           dead_nodes, reconcile, swarm_view)
-from jeroboam.infra.local import InfraError, NodeInfo, ping, swarm
-from jeroboam.infra.local.host import wait_until
-from jeroboam.infra.local.resources import NETWORK_TYPE, NODE_TYPE, configure, restart_with_ca, scoped
+                                           swarm_view)
+from jeroboam.infra import InfraError, Node, Provider, provider_for, server_types, wait_until
 from jeroboam.orchestration.engine import Engine
 from jeroboam.orchestration.sql_store import SqlStore
 from jeroboam.orchestration.store import COMPLETE, DELETE, IN_PROGRESS, StackRecord
@@ -83,10 +83,10 @@ def _hostname(cluster_name: str | None, group: NodeGroup) -> str:
     return f"{label(cluster_name, 30) or 'cluster'}-{kind}-%index%"
 
 
-def stack_template(cluster, groups: list[NodeGroup]) -> dict:
+def stack_template(provider: Provider, cluster, groups: list[NodeGroup]) -> dict:
     parameters = {"ca_cert": {"type": "string"}, "ca_key": {"type": "string", "hidden": True},
                   "images": {"type": "json", "default": []}}
-    resources = {"network": {"type": NETWORK_TYPE, "properties": {"network_id": cluster.uuid}}}
+    resources = {"network": provider.network_resource(cluster.uuid)}
     outputs = {}
     for group in groups:
         key = _group_key(group)
@@ -96,13 +96,12 @@ def stack_template(cluster, groups: list[NodeGroup]) -> dict:
             "count": {"get_param": f"{key}_count"},
             # names removed are never reused: hostnames stay unique in the swarm
             "removal_policies": [{"resource_list": {"get_param": f"{key}_remove"}}],
-            "resource_def": {"type": NODE_TYPE, "properties": {
-                "node_id": f"{cluster.uuid}/{group.uuid}/%index%",
-                "network": {"get_attr": ["network", "network_id"]},
-                "hostname": _hostname(cluster.name, group),
-                "ca_cert": {"get_param": "ca_cert"}, "ca_key": {"get_param": "ca_key"},
-                "images": {"get_param": "images"},
-            }},
+            "resource_def": provider.node_resource(
+                node_id=f"{cluster.uuid}/{group.uuid}/%index%",
+                network={"get_attr": ["network", "network_id"]},
+                hostname=_hostname(cluster.name, group),
+                ca_cert={"get_param": "ca_cert"}, ca_key={"get_param": "ca_key"},
+                images={"get_param": "images"}),
         }}
         outputs[key] = {"description": f"nodegroup {group.name} ({group.role}): member -> node",
                         "value": {"get_attr": [key, "refs_map"]}}
@@ -128,7 +127,7 @@ class _ClusterStack:
 
     def __init__(self, ctx):
         self.ctx = ctx
-        self.provider = configure(ctx.task.settings)
+        self.provider = provider_for(ctx.template.server_type, ctx.task.settings)
         # the engine's writes are fenced like the task's own: a worker whose task was taken
         # over stops at its next write
         store = SqlStore(ctx.task.session_factory, fence=ctx.task.owned)
@@ -173,7 +172,7 @@ class _ClusterStack:
         stack = self.get()
         return self._run() if stack is not None and stack.status == IN_PROGRESS else stack
 
-    def members(self, groups: list[NodeGroup]) -> dict[str, list[NodeInfo]]:
+    def members(self, groups: list[NodeGroup]) -> dict[str, list[Node]]:
         """Nodegroup uuid -> its nodes, oldest first."""
         stack = self.get()
         outputs = {o["output_key"]: o.get("output_value") for o in self.engine.outputs(stack)} \
@@ -185,7 +184,7 @@ class _ClusterStack:
             members[group.uuid] = [i for n in names if (i := self.provider.get_node(n))]
         return members
 
-    def roles(self, groups: list[NodeGroup]) -> tuple[list[NodeInfo], list[NodeInfo]]:
+    def roles(self, groups: list[NodeGroup]) -> tuple[list[Node], list[Node]]:
         """(managers, workers); managers that hold the swarm come first."""
         members = self.members(groups)
         managers = [n for g in groups if g.role == "master" for n in members[g.uuid]]
@@ -195,7 +194,7 @@ class _ClusterStack:
     def update(self, groups: list[NodeGroup], params: dict) -> None:
         """Bring the stack to the template of ``groups`` with ``params`` (others kept)."""
         stack = self.settle()
-        template = stack_template(self.cluster, groups)
+        template = stack_template(self.provider, self.cluster, groups)
         wanted = {**{k: v for k, v in stack.parameters.items() if k in template["parameters"]},
                   **params}
         if stack.template == template and stack.parameters == wanted \
@@ -218,7 +217,7 @@ class _ClusterStack:
         dead = {n.name for n in dead_nodes(self.provider, leaving)}
         manager = managers[0]
 
-        def remove(info: NodeInfo) -> None:
+        def remove(info: Node) -> None:
             node = seen[info.hostname]
             with closing(manager.client()) as mgr:
                 if info.name in dead:
@@ -252,9 +251,9 @@ class _ClusterStack:
                                       node_addresses=[n.address for n in members[group.uuid]])
 
 
-def _in_control(node: NodeInfo) -> bool:
+def _in_control(node: Node) -> bool:
     """Whether the node is a manager of an active swarm (the one to init from or join to)."""
-    if not ping(node.socket_path):
+    if not node.ping():
         return False
     with closing(node.client(timeout=5)) as client:
         state = client.info()["Swarm"]
@@ -269,8 +268,11 @@ def _parallel(fn, items: list) -> None:
 
 
 class SwarmDriver(Driver):
-    provides = [{"server_type": "local", "os": "debian", "coe": "swarm-mode"},
-                {"server_type": "local", "os": "debian", "coe": "swarm"}]
+    @property
+    def provides(self) -> list[dict]:
+        # every provider's nodes run a dockerd: a swarm can be made of any of them
+        return [{"server_type": t, "os": "debian", "coe": coe}
+                for t in server_types() for coe in ("swarm-mode", "swarm")]
 
     # --- cluster life cycle ------------------------------------------------------------
 
@@ -286,7 +288,7 @@ class SwarmDriver(Driver):
                           "images": parse_images({**ctx.template.labels, **s.cluster.labels}),
                           **_counts(groups, {})}
                 s.engine.create_stack(f"{s.cluster.name}-{s.cluster.uuid}"[-255:],
-                                      stack_template(s.cluster, groups), params,
+                                      stack_template(s.provider, s.cluster, groups), params,
                                       project_id=s.cluster.project_id,
                                       timeout_mins=s.cluster.create_timeout, stack_id=s.id)
             ctx.update_cluster(stack_id=s.id)
@@ -339,10 +341,10 @@ class SwarmDriver(Driver):
 
         def clean_up() -> None:
             # what a stack never recorded (a create interrupted at the wrong moment)
-            prefix = scoped(s.id, f"{s.cluster.uuid}/")
+            prefix = s.provider.scoped(s.id, f"{s.cluster.uuid}/")
             left = [n.name for n in s.provider.nodes() if n.node_id.startswith(prefix)]
             s.provider.destroy_nodes(left)
-            network = scoped(s.id, s.cluster.uuid)
+            network = s.provider.scoped(s.id, s.cluster.uuid)
             if s.provider.get_network(network) is not None:
                 s.provider.delete_network(network)
 
@@ -361,7 +363,7 @@ class SwarmDriver(Driver):
         # (Demoting it first would hand leadership over at once, but the raft membership
         # changes that takes failed often on a loaded host.)
         for manager in sorted(managers, key=lambda m: m.hostname in leader):
-            restart_with_ca(s.provider, manager.name, new_ca)
+            s.provider.restart_with_ca(manager.name, new_ca)
             s.provider.wait_nodes([manager.name])
             with closing(manager.client()) as client:
                 swarm.wait_ready(client, len(managers) + len(workers), SWARM_TIMEOUT)
@@ -374,15 +376,18 @@ class SwarmDriver(Driver):
         return [(MONITOR_INTERVAL, Monitor(self.name, settings))]
 
     def on_worker_start(self, session_factory, settings) -> None:
-        try:
-            configure(settings)  # the resources' provider, for stacks of the Stacks API too
-        except InfraError as exc:
-            LOG.warning("the local provider cannot work in this worker: %s", exc)
-            return
-        try:
-            reconcile(self.name, settings, session_factory)
-        except Exception:  # a host without dockerd still serves the API and other drivers
-            LOG.exception("reconciling the local provider with the database failed")
+        for server_type in server_types():
+            try:
+                # also the resources' provider, for stacks of the Stacks API
+                provider = provider_for(server_type, settings)
+            except InfraError as exc:
+                LOG.warning("the %s provider cannot work in this worker: %s", server_type, exc)
+                continue
+            try:
+                reconcile(provider, session_factory)
+            except Exception:  # a host without dockerd still serves the API and other drivers
+                LOG.exception("reconciling the %s provider with the database failed",
+                              server_type)
 
     # --- converge ----------------------------------------------------------------------
 
@@ -421,8 +426,8 @@ class SwarmDriver(Driver):
         ctx.run_step("report addresses", lambda: s.report(groups))
 
 
-def _resolve(s: _ClusterStack, group: NodeGroup, nodes: list[NodeInfo],
-             wanted: list[str]) -> list[NodeInfo]:
+def _resolve(s: _ClusterStack, group: NodeGroup, nodes: list[Node],
+             wanted: list[str]) -> list[Node]:
     """The nodes named in a resize's nodes_to_remove: by node name, hostname, address, node id
     or swarm node ID."""
     keys = {k: n for n in nodes for k in (n.name, n.hostname, n.address, n.node_id)}

@@ -20,7 +20,8 @@ from jeroboam.tasks import liveness, queue, registry
 from jeroboam.tasks.context import LeaseLost, StepFailed, TaskCancelled, TaskContext, describe
 
 LOG = logging.getLogger("jeroboam.worker")
-BINARY = "jeroboam-worker"
+# What Magnum calls the process that runs cluster operations: mservices clients look for it.
+BINARY = "magnum-conductor"
 
 
 class NameInUse(RuntimeError):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from jeroboam.drivers.swarm import stack_id_of
-from jeroboam.drivers.swarm_health import node_key
+from jeroboam.drivers.nodes import node_key
 from jeroboam.infra.local.resources import scoped
 from tests.drivers.conftest import delete_cluster, wait_for, wait_status
 

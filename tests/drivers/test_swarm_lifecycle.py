@@ -17,7 +17,7 @@ import requests
 from magnumclient.common import utils as magnum_utils
 
 from jeroboam.drivers.swarm import CONVERGE_STEPS, CREATE_STEPS
-from jeroboam.drivers.swarm_health import node_key
+from jeroboam.drivers.nodes import node_key
 from jeroboam.infra.local import BASE_IMAGE, tls_client
 from jeroboam.pki import KeyPair, issue_client_cert, new_ca
 from tests.drivers.conftest import delete_cluster, host_snapshot, wait_for, wait_gone, wait_status

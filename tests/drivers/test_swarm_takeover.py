@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from jeroboam.infra.local import NodeSpec
-from jeroboam.drivers.swarm_health import node_key
+from jeroboam.drivers.nodes import node_key
 from jeroboam.pki import new_ca
 from tests.drivers.conftest import (close_service, delete_cluster, new_service, wait_for,
                                     wait_gone, wait_status)
-from tests.support import Process, wait_http
+from tests.support import Process, wait_http, zombies
 from tests.test_postgres_scale_out import database  # noqa: F401  (a fixture)
 
 WORKERS = ("w1", "w2")
@@ -113,3 +113,7 @@ def test_delete_leaves_the_host_as_before(service, magnum, cluster):
     wait_gone(magnum, cluster)
     inventory, _ = service.before
     assert service.provider.inventory() == inventory
+    # nodes were started by three workers (one killed) and deleted by one of the live ones:
+    # none of the node processes was any worker's child
+    live = {p.pid for p in service.procs.values() if p.proc.poll() is None}
+    assert not {pid: ppid for pid, ppid in zombies().items() if ppid in live}

@@ -14,9 +14,10 @@ import docker
 import pytest
 import requests
 
+from jeroboam.drivers import swarm_ops as swarm
+from jeroboam.infra import wait_until
 from jeroboam.infra.local import (BASE_IMAGE, ImageTarball, LocalProvider, NodeInfo, NodeSpec,
-                                  swarm, tls_client)
-from jeroboam.infra.local.host import wait_until
+                                  tls_client)
 from jeroboam.pki import KeyPair, issue_client_cert, new_ca
 
 NET = "swarm-net"

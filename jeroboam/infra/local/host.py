@@ -5,42 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar
+from typing import Iterable
 
-T = TypeVar("T")
+from jeroboam.infra.base import InfraError, InfraTimeout, wait_until  # noqa: F401 (re-exported)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 NETNS_DIR = Path("/run/netns")
 SYS_NET = Path("/sys/class/net")
-
-
-class InfraError(RuntimeError):
-    """A provider step failed; ``step`` names it (it ends up in a cluster's status_reason)."""
-
-    def __init__(self, step: str, detail: str):
-        self.step = step
-        self.detail = detail
-        super().__init__(f"{step}: {detail}")
-
-
-class InfraTimeout(InfraError):
-    """A bounded wait ran out."""
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, step: str,
-               interval: float = 0.05, detail: Callable[[], str] | None = None) -> T:
-    """Poll ``predicate`` until it returns something truthy; raise InfraTimeout naming ``step``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            extra = f" ({detail()})" if detail else ""
-            raise InfraTimeout(step, f"not done after {timeout:g} s{extra}")
-        time.sleep(interval)
 
 
 def run(argv: list[str], step: str, input: str | None = None, timeout: float = 30) -> str:
@@ -83,6 +55,15 @@ def proc_state(pid: int) -> str | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     return stat.rsplit(")", 1)[1].split()[0]
+
+
+def start_time(pid: int) -> int | None:
+    """When the process started (clock ticks since boot): with its PID, names it for good."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def is_live(pid: int) -> bool:

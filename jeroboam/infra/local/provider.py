@@ -4,6 +4,9 @@ A *network* is a Linux bridge on the host with its own /24 (the host holds ``.1`
 a network namespace joined to that bridge by a veth with a fixed MAC, plus private mount and UTS
 namespaces running a dockerd of its own (own data-root, exec-root, /etc/docker,
 /run/containerd and cgroup parent) that serves TLS on ``IP:2376`` and a unix socket for us.
+The node's first process is its supervisor (nodeinit.py): it holds the namespaces, starts
+dockerd and whatever else a driver asks for, and reaps them, so no worker process is the
+parent of any node process.
 
 Names are derived from the caller's ids, so a create retried after a crash finds what the first
 attempt made. Every create/delete comes as a quick call plus a ``check_*`` poll, the shape the
@@ -20,7 +23,9 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
@@ -29,11 +34,12 @@ from pathlib import Path
 
 import docker
 
+from jeroboam.infra.base import Node, ProcessSpec, Provider
 from jeroboam.pki import KeyPair, issue_server_cert
 
 from . import host
 from .clients import ping, socket_client
-from .host import InfraError, wait_until
+from .host import InfraError, InfraTimeout, wait_until
 from .images import BASE_IMAGE, ImageTarball, build_busybox_tar, ensure_images
 
 DEFAULT_STATE_DIR = "/var/lib/jeroboam/local"
@@ -45,8 +51,12 @@ REQUIRED_COMMANDS = ("dockerd", "containerd", "runc", "nsenter", "unshare", "ip"
                      "mount", "umount", "hostname", "busybox")
 DOCKERD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_UNIX_PATH = 107
+NETWORK_TYPE = "Jeroboam::Local::Network"
+NODE_TYPE = "Jeroboam::Local::Node"
+NODEINIT = str(Path(__file__).with_name("nodeinit.py"))
 
-# Runs inside the node's fresh mount and UTS namespaces, already in its netns; execs dockerd.
+# Runs inside the node's fresh mount and UTS namespaces, already in its netns; execs the
+# node's supervisor (nodeinit.py), which starts dockerd.
 NODE_INIT = r"""
 set -e
 dir=$1 host=$2 addr=$3
@@ -92,7 +102,9 @@ class NodeSpec:
 
 
 @dataclass(frozen=True)
-class NodeInfo:
+class NodeInfo(Node):
+    """A local node: its state, and (through its provider) the Node operations."""
+
     node_id: str
     name: str  # netns name and cgroup parent; the resource's physical id
     network_id: str
@@ -101,6 +113,7 @@ class NodeInfo:
     mac: str
     state_dir: str
     images: tuple[ImageTarball, ...] = field(default=())
+    provider: LocalProvider | None = field(default=None, compare=False, repr=False)
 
     @property
     def socket_path(self) -> str:
@@ -110,13 +123,59 @@ class NodeInfo:
     def api_address(self) -> str:
         return f"tcp://{self.address}:{TLS_PORT}"
 
+    @property
+    def cgroup_parent(self) -> str:
+        return f"/{self.name}"
+
     def client(self, timeout: float = 30) -> docker.DockerClient:
         """An SDK client on the node's unix socket (close it after use)."""
         return socket_client(self.socket_path, timeout)
 
+    def ping(self) -> bool:
+        return ping(self.socket_path)
+
+    def path(self, relative: str) -> str:
+        files = Path(self.state_dir, "files")
+        path = (files / relative).resolve()
+        if not path.is_relative_to(files):
+            raise InfraError("node files", f"{relative}: outside the node's files")
+        return str(path)
+
+    def put_file(self, relative: str, data: str | bytes, mode: int = 0o600) -> str:
+        path = Path(self.path(relative))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with open(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, mode)  # whatever the umask
+        os.replace(tmp, path)
+        return str(path)
+
+    def run(self, argv: list[str], input: str | None = None, timeout: float = 30) -> str:
+        return host.run(["nsenter", f"--net={host.NETNS_DIR / self.name}", "--", *argv],
+                        f"run {argv[0]} on {self.hostname}", input=input, timeout=timeout)
+
+    def start_process(self, spec: ProcessSpec) -> int:
+        return self.provider.start_process(self, spec)
+
+    def stop_process(self, name: str, timeout: float = 10) -> None:
+        self.provider.stop_process(self, name, timeout)
+
+    def process_pid(self, name: str) -> int | None:
+        return _process_pid(self.state_dir, name)
+
+    def process_log(self, name: str) -> str:
+        return f"{self.state_dir}/{name}.log"
+
     def attributes(self) -> dict:
         return {"name": self.name, "hostname": self.hostname, "address": self.address,
                 "api_address": self.api_address, "mac": self.mac}
+
+
+def scoped(stack_id: str, ident: str) -> str:
+    """The provider's id of a stack's network or node: ids a template chose, within its stack."""
+    return f"{stack_id}/{ident}"
 
 
 def _digest(kind: str, ident: str) -> str:
@@ -137,7 +196,12 @@ def _node_mac(network_id: str, address: str) -> str:
     return f"06:{digest[0:2]}:{digest[2:4]}:" + ":".join(f"{o:02x}" for o in octets)
 
 
-class LocalProvider:
+class LocalProvider(Provider):
+    server_type = "local"
+    network_type = NETWORK_TYPE
+    node_type = NODE_TYPE
+    scoped = staticmethod(scoped)
+
     def __init__(self, state_dir: str = DEFAULT_STATE_DIR, *, prefix: str = "jb",
                  address_pools: tuple[str, ...] | None = None, storage_driver: str = "vfs",
                  iptables: bool = True, docker_bridge: bool = False, log_level: str = "warn"):
@@ -159,10 +223,14 @@ class LocalProvider:
         self._veth_re = re.compile(rf"{prefix}v([0-9a-f]{{10}})")
         self._bridge_re = re.compile(rf"{prefix}b[0-9a-f]{{10}}")
         self._daemon_marker = re.compile(re.escape(f"{self.state_dir}/nodes/") + r"([^/]+)/")
-        self._children: dict[str, subprocess.Popen] = {}
         self._lock = threading.Lock()
         self._node_locks: dict[str, threading.Lock] = {}
         self._set_up = False
+
+    @classmethod
+    def from_settings(cls, settings) -> LocalProvider:
+        from .resources import configure  # the resources' module keeps the process's provider
+        return configure(settings)
 
     # --- set-up ------------------------------------------------------------------------
 
@@ -181,6 +249,20 @@ class LocalProvider:
             os.makedirs(path, exist_ok=True)
         build_busybox_tar(Path(self.base_image.path))
         self._set_up = True
+
+    def has_state(self) -> bool:
+        return self.state_dir.exists()
+
+    # --- stack fragments ---------------------------------------------------------------
+
+    def network_resource(self, network_id: str) -> dict:
+        return {"type": NETWORK_TYPE, "properties": {"network_id": network_id}}
+
+    def node_resource(self, node_id: str, network, hostname: str, ca_cert, ca_key,
+                      images) -> dict:
+        return {"type": NODE_TYPE, "properties": {
+            "node_id": node_id, "network": network, "hostname": hostname,
+            "ca_cert": ca_cert, "ca_key": ca_key, "images": images}}
 
     @contextmanager
     def _locked(self):
@@ -344,7 +426,7 @@ class LocalProvider:
         if not data:
             return None
         data["images"] = tuple(ImageTarball(**i) for i in data["images"])
-        return NodeInfo(name=name, state_dir=str(self._node_dir(name)), **data)
+        return NodeInfo(name=name, state_dir=str(self._node_dir(name)), provider=self, **data)
 
     def _nodes(self) -> list[NodeInfo]:
         return [n for p in sorted((self.state_dir / "nodes").iterdir())
@@ -366,13 +448,14 @@ class LocalProvider:
             raise InfraError("create node", f"no free address left in {net.subnet}")
         d = self._node_dir(name)
         info = NodeInfo(spec.node_id, name, spec.network_id, hostname, address,
-                        _node_mac(spec.network_id, address), str(d), tuple(spec.images))
+                        _node_mac(spec.network_id, address), str(d), tuple(spec.images), self)
         for sub in ("data", "exec", "etc-docker", "cgroup", "tls"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         (d / "daemon.json").write_text("{}\n")  # keeps dockerd off /etc/docker/daemon.json
         self._write_tls(info, ca)
-        record = asdict(info)
-        del record["name"], record["state_dir"]
+        record = {k: getattr(info, k) for k in ("node_id", "network_id", "hostname", "address",
+                                                "mac")}
+        record["images"] = [asdict(i) for i in info.images]
         _write_json(d / "node.json", record)  # last: its presence means "allocated"
         return info
 
@@ -387,10 +470,11 @@ class LocalProvider:
     def _start(self, info: NodeInfo) -> None:
         with self._node_lock(info.name):
             net = self._ensure_netns(info)
-            if self._dockerd_pid(info) is not None:
+            if self._dockerd_pid(info) is not None and \
+                    _process_pid(info.state_dir, "init") is not None:
                 return
             d = Path(info.state_dir)
-            if (d / "exec" / "containerd").exists():
+            if (d / "exec" / "containerd").exists() or (d / "init.sock").exists():
                 # a crashed dockerd leaves containerd shims and containers behind; a new dockerd
                 # (with a new /run/containerd) cannot take them over, so a restart is a reboot
                 self._kill_processes(info.name)
@@ -398,23 +482,58 @@ class LocalProvider:
             for stale in ("docker.sock", "docker.pid", "exec/containerd/containerd.pid",
                           "exec/containerd/containerd.sock"):
                 (d / stale).unlink(missing_ok=True)
-            argv = ["nsenter", f"--net={host.NETNS_DIR / info.name}",
-                    "unshare", "--mount", "--uts", "--propagation", "private", "--",
-                    "sh", "-c", NODE_INIT, "node-init", str(d), info.hostname,
-                    f"{info.address}/{net.prefixlen}", *self._dockerd_argv(info)]
-            # swarm tasks would otherwise look for their image in a registry first
             # containerd dumps its stacks into TMPDIR when signalled; keep that in the node's
             # directory, which goes with the node, not in the host's /tmp.
             (d / "tmp").mkdir(exist_ok=True)
-            env = {"PATH": DOCKERD_PATH, "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1", "TMPDIR": str(d / "tmp")}
-            with open(d / "dockerd.log", "ab") as log:
-                child = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    env=env, start_new_session=True)
-            self._children[info.name] = child
-            # nsenter, unshare and sh each exec the next, so this is dockerd's PID already;
-            # dockerd writes docker.pid only later, and refuses a pid file naming itself
-            (d / "spawn.pid").write_text(f"{child.pid}\n")
+            (d / "proc").mkdir(exist_ok=True)
+            dockerd = ProcessSpec("dockerd", tuple(self._dockerd_argv(info)), env={
+                # swarm tasks would otherwise look for their image in a registry first
+                "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1", "TMPDIR": str(d / "tmp")})
+            _write_json(d / "proc" / "dockerd.json", asdict(dockerd))
+            argv = ["nsenter", f"--net={host.NETNS_DIR / info.name}",
+                    "unshare", "--mount", "--uts", "--propagation", "private", "--",
+                    "sh", "-c", NODE_INIT, "node-init", str(d), info.hostname,
+                    f"{info.address}/{net.prefixlen}",
+                    sys.executable, "-I", "-S", NODEINIT, str(d),
+                    str(d / "proc" / "dockerd.json")]
+            with open(d / "init.log", "ab") as log:
+                # the supervisor's first process exits once the supervisor runs dockerd
+                try:
+                    init = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                          stderr=log, env={"PATH": DOCKERD_PATH},
+                                          start_new_session=True, timeout=30)
+                except subprocess.TimeoutExpired:
+                    raise InfraTimeout("start node", f"{info.name}: supervisor not ready after "
+                                       "30 s") from None
+            if init.returncode != 0:
+                raise InfraError("start node", f"{info.name}: supervisor: "
+                                 f"{init.stdout.decode(errors='replace').strip()} "
+                                 f"{_tail(d / 'init.log')}")
+
+    def start_process(self, info: NodeInfo, spec: ProcessSpec) -> int:
+        answer = self._request(info, {"op": "start", "spec": asdict(spec)}, 60,
+                               f"start {spec.name}")
+        return answer["pid"]
+
+    def stop_process(self, info: NodeInfo, name: str, timeout: float = 10) -> None:
+        self._request(info, {"op": "stop", "name": name, "timeout": timeout}, timeout + 20,
+                      f"stop {name}")
+
+    def _request(self, info: NodeInfo, request: dict, timeout: float, step: str) -> dict:
+        """One request to the node's supervisor."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(timeout)
+                s.connect(f"{info.state_dir}/init.sock")
+                s.sendall(json.dumps(request).encode() + b"\n")
+                with s.makefile("rb") as f:
+                    answer = json.loads(f.readline() or b"{}")
+        except OSError as exc:
+            raise InfraError(step, f"{info.hostname}: the node's supervisor does not answer "
+                             f"({exc})") from None
+        if "error" in answer or not answer:
+            raise InfraError(step, f"{info.hostname}: {answer.get('error', 'no answer')}")
+        return answer
 
     def _dockerd_argv(self, info: NodeInfo) -> list[str]:
         d, tls = info.state_dir, f"{info.state_dir}/tls"
@@ -454,28 +573,10 @@ class LocalProvider:
         return net
 
     def _dockerd_pid(self, info: NodeInfo) -> int | None:
-        child = self._children.get(info.name)
-        if child is not None:
-            if child.poll() is None:
-                return child.pid
-            del self._children[info.name]
-        # started by another provider object or process: trust a pid file only if the command
-        # line is that node's (it is from nsenter's exec on)
-        for pidfile in ("spawn.pid", "docker.pid"):
-            try:
-                pid = int((Path(info.state_dir) / pidfile).read_text())
-            except (FileNotFoundError, ValueError):
-                continue
-            if host.is_live(pid) and f"{info.state_dir}/data" in host.cmdline(pid):
-                return pid
-        return None
+        return _process_pid(info.state_dir, "dockerd")
 
-    def _log_tail(self, info: NodeInfo, lines: int = 3) -> str:
-        try:
-            text = (Path(info.state_dir) / "dockerd.log").read_text(errors="replace")
-        except FileNotFoundError:
-            return "no log"
-        return " | ".join(text.strip().splitlines()[-lines:])
+    def _log_tail(self, info: NodeInfo) -> str:
+        return _tail(Path(info.process_log("dockerd")))
 
     # --- nodes: stop, restart, delete ---------------------------------------------------
 
@@ -505,6 +606,16 @@ class LocalProvider:
         if ca is not None:
             self._write_tls(info, ca)
         self._start(info)
+
+    def restart_with_ca(self, name: str, ca: KeyPair) -> None:
+        """Restart the node's dockerd with a server certificate from ``ca`` unless its
+        certificate already comes from it (a retry, or a rotation that already rolled over
+        this node); poll ``check_node_create`` after."""
+        info = self.get_node(name)
+        if info is None:
+            raise InfraError("restart node", f"{name}: no such node")
+        if Path(info.state_dir, "tls", "ca.pem").read_text() != ca.cert_pem:
+            self.restart_node(name, ca=ca)
 
     def delete_node(self, name: str) -> None:
         """Begin deleting a node: kill its processes, remove its veth and netns. Idempotent;
@@ -536,9 +647,6 @@ class LocalProvider:
 
     def _finish_delete(self, name: str, pids: list[int]) -> bool:
         with self._node_lock(name):
-            child = self._children.get(name)
-            if child is not None and child.poll() is not None:
-                del self._children[name]  # reaped
             if pids:
                 host.kill(pids)
                 return False
@@ -639,6 +747,25 @@ class LocalProvider:
             "state": sorted(f"{sub}/{p.name}" for sub in ("nodes", "networks")
                             for p in (self.state_dir / sub).glob("*")),
         }
+
+
+def _process_pid(state_dir: str, name: str) -> int | None:
+    """The PID of a node's supervised process while it runs (its start time tells it from a
+    later process that got the same PID)."""
+    try:
+        pid, started = (Path(state_dir) / "proc" / f"{name}.pid").read_text().split()
+    except (FileNotFoundError, ValueError):
+        return None
+    return int(pid) if str(host.start_time(int(pid))) == started and host.is_live(int(pid)) \
+        else None
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "no log"
+    return " | ".join(text.strip().splitlines()[-lines:])
 
 
 def _master(link: str) -> str | None:

@@ -25,10 +25,8 @@ from jeroboam.pki import KeyPair
 
 from .host import InfraError, InfraTimeout
 from .images import ImageTarball, ensure_images
-from .provider import LocalProvider, NodeSpec
+from .provider import NETWORK_TYPE, NODE_TYPE, LocalProvider, NodeSpec, scoped
 
-NETWORK_TYPE = "Jeroboam::Local::Network"
-NODE_TYPE = "Jeroboam::Local::Node"
 # Bounds of a node's start (or restart) and delete, counted across retries (wall clock, kept
 # in the resource's data): the provider's checks alone would wait forever on a hung dockerd.
 START_TIMEOUT = 90
@@ -73,17 +71,6 @@ def current() -> LocalProvider:
     return _current
 
 
-def restart_with_ca(provider: LocalProvider, name: str, ca: KeyPair) -> None:
-    """Restart the node's dockerd with a server certificate from ``ca`` unless its certificate
-    already comes from it (a retry, or a rotation that already rolled over this node); poll
-    ``check_node_create`` after."""
-    info = provider.get_node(name)
-    if info is None:
-        raise InfraError("restart node", f"{name}: no such node")
-    if Path(info.state_dir, "tls", "ca.pem").read_text() != ca.cert_pem:
-        provider.restart_node(name, ca=ca)
-
-
 def image_path(provider: LocalProvider, path: str) -> str:
     """A tarball's path: relative to the provider's images directory, and never outside it
     (templates are users' input; the provider reads as root)."""
@@ -92,11 +79,6 @@ def image_path(provider: LocalProvider, path: str) -> str:
     if not resolved.is_relative_to(images):
         raise InfraError("import images", f"{path}: image tarballs must be in {images}")
     return str(resolved)
-
-
-def scoped(stack_id: str, ident: str) -> str:
-    """The provider's id of a stack's network or node: ids a template chose, within its stack."""
-    return f"{stack_id}/{ident}"
 
 
 def _deadline(data: dict, key: str, timeout: float, step: str, what: str) -> None:
@@ -206,7 +188,7 @@ class Node(_LocalResource):
     def update(self, old_properties, changed):
         self.data.pop("restarted", None)
         if {"ca_cert", "ca_key"} & changed:
-            restart_with_ca(current(), self._name(), self._ca())
+            current().restart_with_ca(self._name(), self._ca())
 
     def check_update_complete(self):
         if not self._started("restarted"):

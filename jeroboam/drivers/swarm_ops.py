@@ -1,7 +1,7 @@
 """Docker Swarm operations for the swarm driver.
 
-The primitives take SDK clients, so a node can be reached through its unix socket or its TLS
-endpoint; :func:`form_swarm` works on provider nodes through their sockets.
+The primitives take SDK clients, so a node can be reached through its full-rights client or
+its TLS endpoint; :func:`form_swarm` works on any provider's nodes.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import docker
 
-from .host import InfraError, wait_until
-from .provider import NodeInfo
+from jeroboam.infra import InfraError, Node, wait_until
 
 SWARM_PORT = 2377
 # Seconds between agent heartbeats; a dead node shows Down after about 2 of them (the
@@ -146,7 +145,7 @@ def _update_spec(manager: docker.DockerClient, node_id: str, **changes) -> dict:
     return node
 
 
-def _ensure_member(node: NodeInfo, role: str, manager: NodeInfo, tokens: dict[str, str]) -> None:
+def _ensure_member(node: Node, role: str, manager: Node, tokens: dict[str, str]) -> None:
     with closing(node.client()) as client, closing(manager.client()) as mgr:
         if local_state(client) != "inactive":
             try:
@@ -158,7 +157,7 @@ def _ensure_member(node: NodeInfo, role: str, manager: NodeInfo, tokens: dict[st
         join(client, node.address, manager.address, tokens[role])
 
 
-def form_swarm(managers: list[NodeInfo], workers: list[NodeInfo], addr_pool: str | None = None,
+def form_swarm(managers: list[Node], workers: list[Node], addr_pool: str | None = None,
                heartbeat: float = DEFAULT_HEARTBEAT, timeout: float = 60) -> list[SwarmNode]:
     """Init on the first manager unless done, join the others (idempotent), wait until ready.
 

@@ -131,6 +131,22 @@ def claim(session_factory, worker: str, lease_seconds: float, row_locks: bool, b
     return None
 
 
+def worked_on(session: Session) -> set[str]:
+    """Lock keys that a live worker is working on or that wait for one: whatever their tasks
+    act on is theirs, no one else's to touch. Live as in claim: holding its session lock on
+    PostgreSQL, its lease unexpired elsewhere (a task of a dead worker waits for a takeover)."""
+    rows = session.execute(sa.select(Task.lock_key, Task.state, Task.worker, Task.lease_expires_at)
+                           .where(Task.state.in_((states.PENDING, states.RUNNING)))).all()
+    running = [r for r in rows if r.state == states.RUNNING]
+    if liveness.supported(session.get_bind()):
+        dead = liveness.dead(session, {r.worker for r in running})
+        alive = [r for r in running if r.worker not in dead]
+    else:
+        now = utcnow()
+        alive = [r for r in running if r.lease_expires_at is not None and r.lease_expires_at >= now]
+    return {r.lock_key for r in rows if r.state == states.PENDING} | {r.lock_key for r in alive}
+
+
 def heartbeat(session_factory, worker: str, lease_seconds: float, task_ids: frozenset[int]) -> None:
     """Extend the leases of the tasks this worker is running (and of no task it has let go)."""
     if not task_ids:

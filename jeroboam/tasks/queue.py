@@ -1,4 +1,6 @@
-"""The durable work queue: tasks are rows, claimed with a lease that heartbeats extend.
+"""The durable work queue: tasks are rows, claimed with a lease that heartbeats extend. A
+running task is taken over when its worker died: on PostgreSQL as soon as the worker's
+session lock is free (jeroboam.tasks.liveness), elsewhere when its lease ran out.
 
 Claiming is a compare-and-set UPDATE, correct on any database; where the database
 has them (PostgreSQL, MySQL 8, MariaDB 10.6) the candidate SELECT adds FOR UPDATE SKIP

@@ -33,6 +33,15 @@ def running_step(api: Api, task: str, step: str) -> dict:
     raise TimeoutError(f"step {step} of task {task} never ran: {body}")
 
 
+def kill_mid_create(api: Api, procs: dict) -> tuple[str, str, str]:
+    """Create a cluster, SIGKILL its worker in the create's second step: (cluster, task, victim)."""
+    t = api.template(labels={"test_delay": "1.0"})
+    cluster, task = api.cluster(t["uuid"])
+    victim = running_step(api, task, "bootstrap")["worker"]
+    procs[victim].kill()
+    return cluster, task, victim
+
+
 def event_time(task: dict, text: str) -> datetime.datetime:
     return next(datetime.datetime.fromisoformat(e["time"]) for e in task["events"] if text in e["message"])
 
@@ -40,11 +49,8 @@ def event_time(task: dict, text: str) -> datetime.datetime:
 @pytest.mark.parametrize("service", [60], indirect=True)
 def test_a_sigkilled_workers_task_is_taken_over_long_before_its_lease(service):
     api, procs, env, data = service
-    t = api.template(labels={"test_delay": "1.0"})
-    cluster, task = api.cluster(t["uuid"])
-    victim = running_step(api, task, "bootstrap")["worker"]
+    cluster, task, victim = kill_mid_create(api, procs)
     survivor = "w2" if victim == "w1" else "w1"
-    procs[victim].kill()
     killed = datetime.datetime.now(datetime.timezone.utc)
     finished = api.wait_task(task)
     assert (finished["state"], finished["worker"], finished["attempts"]) == ("SUCCEEDED", survivor, 2)
@@ -62,10 +68,7 @@ def test_a_sigkilled_workers_task_is_taken_over_long_before_its_lease(service):
 @pytest.mark.parametrize("service", [60], indirect=True)
 def test_cancel_right_after_a_takeover_ends_the_dead_workers_step(service):
     api, procs, _, _ = service
-    t = api.template(labels={"test_delay": "1.0"})
-    cluster, task = api.cluster(t["uuid"])
-    victim = running_step(api, task, "bootstrap")["worker"]
-    procs[victim].kill()
+    cluster, task, _ = kill_mid_create(api, procs)
     assert api.delete(f"/v1/clusters/{cluster}").status_code == 204
     cancelled = api.wait_task(task)
     reason = "cluster delete requested by u-alice"

@@ -4,8 +4,6 @@
 #   bash bench/takeover/run.sh [--rounds 10]
 # PostgreSQL admin URL: $JEROBOAM_TEST_POSTGRES (default postgresql://postgres@127.0.0.1/postgres).
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-python="$root/.venv/bin/python"
-[ -x "$python" ] || python="$(command -v python3)"
-exec "$python" "$here/bench.py" "$@"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+python="$root/.venv/bin/python"; [ -x "$python" ] || python="$(command -v python3)"
+exec "$python" "$root/bench/takeover/bench.py" "$@"

@@ -429,7 +429,8 @@ class LocalProvider(Provider):
         return NodeInfo(name=name, state_dir=str(self._node_dir(name)), provider=self, **data)
 
     def _nodes(self) -> list[NodeInfo]:
-        return [n for p in sorted((self.state_dir / "nodes").iterdir())
+        # glob, not iterdir: before the first node (a cluster deleted at once) there is no dir
+        return [n for p in sorted((self.state_dir / "nodes").glob("*"))
                 if (n := self._load_node(p.name))]
 
     def _allocate_node(self, spec: NodeSpec, name: str, ca: KeyPair) -> NodeInfo:

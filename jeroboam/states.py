@@ -144,4 +144,7 @@ STEP = StateMachine("step", {
     (FAILED, "start"): RUNNING,
     (RUNNING, "succeed"): SUCCEEDED,
     (RUNNING, "fail"): FAILED,
+    # The task was cancelled: its step running stops, those ahead never start.
+    (RUNNING, "cancel"): CANCELLED,
+    (PENDING, "cancel"): CANCELLED,
 })

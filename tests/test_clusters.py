@@ -95,7 +95,13 @@ def test_delete_during_create_cancels_the_create(alice, tmp_path):
     cluster, create_task = alice.cluster(t["uuid"])
     alice.wait_task(create_task, states=("RUNNING",))
     assert alice.delete(f"/v1/clusters/{cluster}").status_code == 204
-    assert alice.wait_task(create_task)["state"] == "CANCELLED"
+    cancelled = alice.wait_task(create_task)
+    assert cancelled["state"] == "CANCELLED"
+    assert cancelled["error"] == "cluster delete requested by u-alice"
+    # every step ended: none left RUNNING, those never begun cancelled with the reason
+    steps = {s["name"]: (s["state"], s["error"]) for s in cancelled["steps"]}
+    assert steps["report addresses"] == ("CANCELLED", "cluster delete requested by u-alice")
+    assert "RUNNING" not in {state for state, _ in steps.values()}
     alice.wait_cluster(cluster, {"GONE"})
     assert "report addresses" not in marker.read_text()
 
@@ -105,9 +111,11 @@ def test_cancel_a_running_task(alice):
     cluster, task = alice.cluster(t["uuid"])
     r = alice.post(f"/v1/tasks/{task}/cancel")
     assert r.status_code == 202
-    assert alice.wait_task(task)["state"] == "CANCELLED"
+    cancelled = alice.wait_task(task)
+    # before it started, or at its next step
+    assert cancelled["state"] == "CANCELLED" and cancelled["error"].startswith("cancel requested by u-alice")
     body = alice.wait_cluster(cluster, {"CREATE_FAILED"})
-    assert "cancel" in body["status_reason"]
+    assert "cancel requested by u-alice" in body["status_reason"]
     again = alice.post(f"/v1/tasks/{task}/cancel")
     assert again.status_code == 409
 

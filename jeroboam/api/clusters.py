@@ -29,7 +29,6 @@ DETAIL_FIELDS = SUMMARY_FIELDS + [
 INTERNAL = frozenset({"/api_address", "/node_addresses", "/master_addresses", "/stack_id", "/cluster_id",
                       "/ca_cert_ref", "/magnum_cert_ref", "/etcd_ca_cert_ref", "/front_proxy_ca_cert_ref"})
 PATCHABLE = frozenset({"node_count", "health_status", "health_status_reason"})
-CANCELLED_BY_DELETE = "cancelled: the cluster is being deleted"
 
 
 # -- views ----------------------------------------------------------------------------------
@@ -300,7 +299,7 @@ def delete(call):
         return Reply(None, 204)
     begin = [(cluster, "delete"), *((g, "delete") for g in groups_of(call.session, cluster))]
     headers = call.queue_task("cluster.delete", "cluster", cluster.uuid, begin=begin)
-    queue.cancel_unfinished(call.session, cluster.uuid, CANCELLED_BY_DELETE)
+    queue.cancel_unfinished(call.session, cluster.uuid, f"cluster delete requested by {call.ctx.user_id}")
     return Reply(None, 204, headers)
 
 

@@ -34,7 +34,6 @@ from jeroboam.orchestration.store import DELETE, IN_PROGRESS, STATUSES
 from jeroboam.orchestration.template import BoundTemplate, Limits
 from jeroboam.tasks import queue
 
-CANCELLED_BY_DELETE = "cancelled: the stack is being deleted"
 
 # -- request schemas -------------------------------------------------------------------------
 
@@ -274,7 +273,7 @@ def delete(call):
         if row.action == DELETE:
             return Reply(None, 204)
         # The running action is asked to stop; the delete task, queued behind it, begins once it has.
-        queue.cancel_unfinished(call.session, row.uuid, CANCELLED_BY_DELETE)
+        queue.cancel_unfinished(call.session, row.uuid, f"stack delete requested by {call.ctx.user_id}")
     else:
         _engine(call).delete_stack(row.uuid)
     return _accepted(call, row.uuid, "stack.delete", status=204)

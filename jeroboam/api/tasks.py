@@ -88,7 +88,7 @@ def cancel(call):
         raise BadRequest(f"Task {task.uuid} ({task.action}) cannot be cancelled.")
     if task.state in states.TASK_DONE:
         raise Conflict(f"Task {task.uuid} has already ended ({task.state}).")
-    queue.request_cancel(call.session, task)
+    queue.request_cancel(call.session, task, f"cancel requested by {call.ctx.user_id}")
     call.session.flush()
     return Reply({"task": summary(call, task)}, 202)
 

@@ -12,6 +12,7 @@ from jeroboam.db.models import Cluster, ClusterTemplate
 from jeroboam.db.stack_models import Stack, StackResource
 from jeroboam.infra import Node, Provider
 from jeroboam.orchestration.store import IN_PROGRESS
+from jeroboam.tasks import queue
 
 LOG = logging.getLogger("jeroboam.drivers.nodes")
 
@@ -34,8 +35,9 @@ def node_key(info: Node) -> tuple[str, str, int] | None:
 def reconcile(provider: Provider, session_factory) -> None:
     """After a restart of ours or of the host: adopt the nodes of live clusters and stacks
     (their dockerds restarted if down), remove what the database does not know or what
-    belongs to failed clusters. Clusters with a task under way are left to it. Every cluster
-    on the provider counts, whatever its driver: leftovers are the provider's."""
+    belongs to failed clusters. Clusters with a task under way or waiting (an operation in
+    progress, a live worker on it) are left to it, their nodes neither removed nor restarted.
+    Every cluster on the provider counts, whatever its driver: leftovers are the provider's."""
     node_type, network_type = provider.node_type, provider.network_type
     with session_factory() as session:
         clusters = session.execute(
@@ -48,12 +50,14 @@ def reconcile(provider: Provider, session_factory) -> None:
             .join(Stack, Stack.uuid == StackResource.stack_id)
             .where(Stack.deleted_at.is_(None), StackResource.type.in_((node_type, network_type)))
         ).all()
+        worked_on = queue.worked_on(session)
     if not clusters and not resources and not provider.has_state():
         return  # never used here: no need for root, dockerd, a short data_dir...
     provider.setup()
-    broken = {c.stack_id for c in clusters if c.status in BROKEN}
-    busy = {c.uuid for c in clusters if c.status in states.IN_PROGRESS_STATUSES}
-    busy_stacks = {c.stack_id for c in clusters if c.uuid in busy}
+    busy = {c.uuid for c in clusters if c.status in states.IN_PROGRESS_STATUSES or c.uuid in worked_on}
+    broken = {c.stack_id for c in clusters if c.status in BROKEN and c.uuid not in busy}
+    # a stack of the Stacks API is its own tasks' lock key
+    busy_stacks = {c.stack_id for c in clusters if c.uuid in busy} | worked_on
     from jeroboam.drivers.stack import stack_id_of  # that module imports this one
 
     keep = {node_type: set(),

@@ -145,14 +145,14 @@ class ClusterStack:
         def cancel() -> bool:
             try:
                 self.ctx.check_cancel()
-            except TaskCancelled:
-                cancelled.append(True)
+            except TaskCancelled as exc:
+                cancelled.append(exc)
                 return True
             return False
 
         stack = self.engine.run(self.id, cancel=cancel)
         if cancelled:
-            raise TaskCancelled(stack.status_reason)
+            raise cancelled[0]  # the task's reason: who asked it to stop
         return stack
 
     def run(self, action: str) -> StackRecord:

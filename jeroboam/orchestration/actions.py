@@ -35,8 +35,8 @@ def run_stack(ctx: TaskContext) -> None:
     def cancel() -> bool:
         try:
             ctx.check_cancel()
-        except TaskCancelled:
-            cancelled.append(True)
+        except TaskCancelled as exc:
+            cancelled.append(exc)
             return True
         return False
 
@@ -52,7 +52,7 @@ def run_stack(ctx: TaskContext) -> None:
                 return
         stack = engine.run(stack_id, cancel=cancel)
         if cancelled:
-            raise TaskCancelled(stack.status_reason)
+            raise cancelled[0]  # the task's reason: who asked it to stop
         if stack.state != f"{ACTIONS[ctx.action]}_{COMPLETE}":
             raise StackActionFailed(f"{stack.state}: {stack.status_reason}")
 

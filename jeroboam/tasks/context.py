@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from jeroboam import states
 from jeroboam.db.base import retrying, utcnow
 from jeroboam.db.models import Task, TaskEvent, TaskStep
+from jeroboam.tasks.queue import CANCEL_REASON
 
 LOG = logging.getLogger("jeroboam.tasks")
 # What a person sees of a database error: its text holds SQL and values, the log has it.
@@ -125,7 +126,7 @@ class TaskContext:
         with self.session_factory() as session:
             task = self.owned(session)
             if task.cancel_requested:
-                raise TaskCancelled("cancelled on request")
+                raise TaskCancelled((task.payload or {}).get(CANCEL_REASON, "cancelled on request"))
         if self.deadline is not None and utcnow() > self.deadline:
             raise TaskCancelled(f"timed out (deadline {self.deadline.isoformat()})")
 

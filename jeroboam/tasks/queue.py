@@ -1,4 +1,6 @@
-"""The durable work queue: tasks are rows, claimed with a lease that heartbeats extend.
+"""The durable work queue: tasks are rows, claimed with a lease that heartbeats extend. A
+running task is taken over when its worker died: on PostgreSQL as soon as the worker's
+session lock is free (jeroboam.tasks.liveness), elsewhere when its lease ran out.
 
 Claiming is a compare-and-set UPDATE, correct on any database; where the database
 has them (PostgreSQL, MySQL 8, MariaDB 10.6) the candidate SELECT adds FOR UPDATE SKIP
@@ -21,8 +23,8 @@ from sqlalchemy.orm import Session, aliased
 
 from jeroboam import states
 from jeroboam.db.base import utcnow
-from jeroboam.db.models import Task, TaskEvent
-from jeroboam.tasks import registry
+from jeroboam.db.models import Task, TaskEvent, TaskStep
+from jeroboam.tasks import liveness, registry
 
 # Set when a task is enqueued in this process, so local workers need not wait a poll.
 work_available = threading.Event()
@@ -43,14 +45,20 @@ def enqueue(session: Session, action: str, resource_type: str, resource_uuid: st
     return task
 
 
-def request_cancel(session: Session, task: Task) -> None:
-    """Cancel a pending task now; ask a running one to stop at its next step."""
+# payload key: why the task was asked to stop, the reason it ends with
+CANCEL_REASON = "cancel_reason"
+
+
+def request_cancel(session: Session, task: Task, reason: str) -> None:
+    """Cancel a pending task now; ask a running one to stop at its next step. `reason`
+    names who or what asked ("cluster delete requested by <user>")."""
     if task.state == states.PENDING:
-        finish(session, task, "cancel", "cancelled before it started")
+        finish(session, task, "cancel", f"{reason}, before it started")
     else:
         states.TASK.next(task.state, "cancel")  # raises if the task has already ended
         task.cancel_requested = True
-        session.add(TaskEvent(task_id=task.id, message="cancel requested"))
+        task.payload = {**(task.payload or {}), CANCEL_REASON: reason}
+        session.add(TaskEvent(task_id=task.id, message=f"cancel requested: {reason}"))
 
 
 def cancel_unfinished(session: Session, lock_key: str, reason: str) -> None:
@@ -61,16 +69,18 @@ def cancel_unfinished(session: Session, lock_key: str, reason: str) -> None:
     ).all()
     for task in unfinished:
         if registry.get(task.action).cancellable and not task.cancel_requested:
-            request_cancel(session, task)
-            session.add(TaskEvent(task_id=task.id, message=reason))
+            request_cancel(session, task, reason)
 
 
 def claim(session_factory, worker: str, lease_seconds: float, row_locks: bool, batch: int = 4,
-          running_here: frozenset[int] = frozenset()) -> Task | None:
+          running_here: frozenset[int] = frozenset(), session_locks: bool = False) -> Task | None:
     """Take the first task that may run now: a pending one that no other task of its lock
-    key comes before or runs beside, or a running one whose worker stopped heartbeating.
-    Never one of `running_here`, the tasks this worker is running: a lease that ran out
-    under a long step is not a dead worker's."""
+    key comes before or runs beside, or a running one whose worker died. With
+    `session_locks` (PostgreSQL, see jeroboam.tasks.liveness) a worker died when its
+    session lock is free, however recent its heartbeat, and lives while it holds it,
+    however late; otherwise when it stopped heartbeating (its lease ran out). Never one
+    of `running_here`, the tasks this worker is running: a lease that ran out under a long
+    step is not a dead worker's."""
     now = utcnow()
     other = aliased(Task)
     waits = (
@@ -80,14 +90,23 @@ def claim(session_factory, worker: str, lease_seconds: float, row_locks: bool, b
                       sa.and_(other.state == states.PENDING, other.id < Task.id)))
         .exists()
     )
-    abandoned = sa.and_(Task.state == states.RUNNING, Task.lease_expires_at < now)
-    startable = sa.or_(Task.state == states.PENDING, abandoned)
-    candidates = (sa.select(Task.id).where(sa.or_(sa.and_(Task.state == states.PENDING, ~waits), abandoned),
-                                           Task.id.not_in(running_here))
-                  .order_by(Task.id).limit(batch))
-    if row_locks:
-        candidates = candidates.with_for_update(skip_locked=True, of=Task)
     with session_factory() as session, session.begin():
+        expired = Task.lease_expires_at < now
+        if session_locks:
+            others = session.scalars(sa.select(Task.worker).distinct()
+                                     .where(Task.state == states.RUNNING, Task.worker != worker)).all()
+            # this worker's own name: tasks a killed predecessor held (freed when it started)
+            gone = sa.or_(Task.worker.in_(liveness.dead(session, others)),
+                          sa.and_(Task.worker == worker, expired))
+        else:
+            gone = expired
+        abandoned = sa.and_(Task.state == states.RUNNING, gone)
+        startable = sa.or_(Task.state == states.PENDING, abandoned)
+        candidates = (sa.select(Task.id).where(sa.or_(sa.and_(Task.state == states.PENDING, ~waits), abandoned),
+                                               Task.id.not_in(running_here))
+                      .order_by(Task.id).limit(batch))
+        if row_locks:
+            candidates = candidates.with_for_update(skip_locked=True, of=Task)
         for task_id in session.scalars(candidates).all():
             # read after the candidates: a task starts after the end of the one it waited for
             started = utcnow()
@@ -114,6 +133,22 @@ def claim(session_factory, worker: str, lease_seconds: float, row_locks: bool, b
     return None
 
 
+def worked_on(session: Session) -> set[str]:
+    """Lock keys that a live worker is working on or that wait for one: whatever their tasks
+    act on is theirs, no one else's to touch. Live as in claim: holding its session lock on
+    PostgreSQL, its lease unexpired elsewhere (a task of a dead worker waits for a takeover)."""
+    rows = session.execute(sa.select(Task.lock_key, Task.state, Task.worker, Task.lease_expires_at)
+                           .where(Task.state.in_((states.PENDING, states.RUNNING)))).all()
+    running = [r for r in rows if r.state == states.RUNNING]
+    if liveness.supported(session.get_bind()):
+        dead = liveness.dead(session, {r.worker for r in running})
+        alive = [r for r in running if r.worker not in dead]
+    else:
+        now = utcnow()
+        alive = [r for r in running if r.lease_expires_at is not None and r.lease_expires_at >= now]
+    return {r.lock_key for r in rows if r.state == states.PENDING} | {r.lock_key for r in alive}
+
+
 def heartbeat(session_factory, worker: str, lease_seconds: float, task_ids: frozenset[int]) -> None:
     """Extend the leases of the tasks this worker is running (and of no task it has let go)."""
     if not task_ids:
@@ -124,6 +159,19 @@ def heartbeat(session_factory, worker: str, lease_seconds: float, task_ids: froz
             .where(Task.id.in_(task_ids), Task.worker == worker, Task.state == states.RUNNING)
             .values(lease_expires_at=utcnow() + datetime.timedelta(seconds=lease_seconds))
         )
+
+
+def _end_steps(session: Session, task: Task, event: str, reason: str | None) -> None:
+    """A task that stops ends its steps: the one running (perhaps left by a dead worker,
+    the task cancelled right after its takeover) fails or is cancelled with the task's
+    reason; a cancelled task's steps not yet begun are cancelled too."""
+    ending = (states.RUNNING, states.PENDING) if event == "cancel" else (states.RUNNING,)
+    now = utcnow()
+    for step in session.scalars(sa.select(TaskStep).where(TaskStep.task_id == task.id,
+                                                          TaskStep.state.in_(ending))):
+        step.state = states.STEP.next(step.state, event)
+        step.finished_at = now
+        step.error = reason
 
 
 def finish(session: Session, task: Task, event: str, reason: str | None = None,
@@ -141,6 +189,7 @@ def finish(session: Session, task: Task, event: str, reason: str | None = None,
     else:
         task.error = reason
         task.error_detail = detail
+        _end_steps(session, task, event, reason)
         level = "warning" if event == "cancel" else "error"
         session.add(TaskEvent(task_id=task.id, level=level, message=f"{task.action} {task.state.lower()}: {reason}"))
         if action.on_failure:

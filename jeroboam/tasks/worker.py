@@ -1,5 +1,6 @@
 """A worker process: runner threads that claim and run tasks, and a heartbeat that keeps
-their leases (and the worker's `mservices` record) alive."""
+their leases (and the worker's `mservices` record) alive; on PostgreSQL also the session
+lock that tells other workers it lives (jeroboam.tasks.liveness)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from jeroboam import states
 from jeroboam.db.base import locks_rows, retrying, utcnow
 from jeroboam.db.models import Service, Task
 from jeroboam.drivers import Registry
-from jeroboam.tasks import queue, registry
+from jeroboam.tasks import liveness, queue, registry
 from jeroboam.tasks.context import LeaseLost, StepFailed, TaskCancelled, TaskContext, describe
 
 LOG = logging.getLogger("jeroboam.worker")
@@ -42,6 +43,8 @@ class Worker:
         self.lease = float(settings.get("worker", "lease_seconds"))
         self.poll = float(settings.get("worker", "poll_interval"))
         self.row_locks = locks_rows(engine)
+        # held while this worker lives: how others know at once that it died (PostgreSQL)
+        self.session_lock = liveness.SessionLock(engine, self.name) if liveness.supported(engine) else None
         self._stop = threading.Event()
         self._claiming = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -67,6 +70,11 @@ class Worker:
         queue.work_available.set()
         for thread in self._threads:
             thread.join(timeout)
+        if self.session_lock is not None:
+            try:
+                self.session_lock.release()
+            except Exception:  # the server releases it anyway when the connection goes
+                LOG.exception("could not release worker %s's session lock", self.name)
         try:
             with self.session_factory() as session, session.begin():
                 # Down at once in mservices, and the name free for a restart without waiting.
@@ -91,8 +99,14 @@ class Worker:
         A record heartbeated less than a lease ago may belong to a live worker of the same
         name, or to this one's predecessor that was killed: wait until it is a lease old
         (dead, its tasks up for takeover) or moves (alive: refuse, two workers must not
-        share a name since leases are held by name)."""
-        seen = self._last_seen()
+        share a name since leases are held by name). With a session lock the database
+        answers at once: a namesake holding it is alive, a free one was a dead worker's."""
+        if self.session_lock is not None:
+            if not self.session_lock.take():
+                raise NameInUse(f"worker name {self.name!r} is in use by a live worker; give this one --name")
+            seen = None
+        else:
+            seen = self._last_seen()
         while seen is not None and (utcnow() - seen).total_seconds() < self.lease:
             LOG.info("worker name %s was heartbeated %.1f s ago; waiting for it to go silent", self.name,
                      (utcnow() - seen).total_seconds())
@@ -122,6 +136,8 @@ class Worker:
                 retrying(lambda: queue.heartbeat(self.session_factory, self.name, self.lease,
                                                  frozenset(self._running)))
                 retrying(self._report)
+                if self.session_lock is not None:
+                    self.session_lock.keep()
             except Exception:  # the database may be away a while; the next beat tries again
                 LOG.exception("heartbeat failed")
 
@@ -148,7 +164,8 @@ class Worker:
             with self._claiming:
                 try:
                     task = queue.claim(self.session_factory, self.name, self.lease, self.row_locks,
-                                       running_here=frozenset(self._running))
+                                       running_here=frozenset(self._running),
+                                       session_locks=self.session_lock is not None)
                 except Exception:
                     LOG.exception("claim failed")
                     task = None

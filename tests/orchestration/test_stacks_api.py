@@ -156,7 +156,11 @@ def test_delete_of_a_stack_being_created_cancels_then_deletes(alice):
     alice.wait_task(task, states=("RUNNING",))
     assert alice.delete(f"/v1/stacks/{stack_id}").status_code == 204
     wait_stack(alice, stack_id, {"GONE"}, timeout=20)
-    assert alice.wait_task(task)["state"] == "CANCELLED"
+    cancelled = alice.wait_task(task)
+    assert (cancelled["state"], cancelled["error"]) == ("CANCELLED", "stack delete requested by u-alice")
+    # the step that was running when the delete came ended with the reason, not RUNNING
+    assert [(s["state"], s["error"]) for s in cancelled["steps"]] == [
+        ("CANCELLED", "stack delete requested by u-alice")]
 
 
 def test_cancelling_the_task_stops_the_stack_action(alice):
@@ -167,7 +171,9 @@ def test_cancelling_the_task_stops_the_stack_action(alice):
     assert alice.post(f"/v1/tasks/{task}/cancel").status_code == 202
     stack = wait_stack(alice, stack_id, {"CREATE_FAILED", "ROLLBACK_COMPLETE"}, timeout=10)
     assert stack["stack_status"] == "CREATE_FAILED" and "cancelled" in stack["stack_status_reason"]
-    assert alice.wait_task(task)["state"] == "CANCELLED"
+    cancelled = alice.wait_task(task)
+    assert cancelled["state"] == "CANCELLED"
+    assert [(s["state"], s["error"]) for s in cancelled["steps"]] == [("CANCELLED", "cancel requested by u-alice")]
 
 
 def test_openapi_documents_the_stacks_api(alice):

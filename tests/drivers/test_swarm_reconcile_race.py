@@ -1,0 +1,75 @@
+"""A worker that starts while another creates a real cluster (local provider, PostgreSQL):
+its clean-up pass leaves that cluster's nodes alone, none removed or restarted, and the
+create completes on the first attempt."""
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.drivers.conftest import close_service, delete_cluster, new_service, wait_for, wait_status
+from tests.drivers.test_swarm_takeover import nodes_of, ready_members
+from tests.support import wait_http
+from tests.test_postgres_scale_out import database  # noqa: F401  (a fixture)
+
+
+@pytest.fixture(scope="module")
+def service(host, database):  # noqa: F811
+    svc = new_service(JEROBOAM_SERVER_DATABASE=database, JEROBOAM_WORKER_THREADS="2")
+    try:
+        upgrade = svc.start("upgrade", ["db", "upgrade"])
+        assert upgrade.proc.wait(60) == 0, upgrade.output()
+        svc.start("api", ["api", "--bind", svc.url.rsplit("/", 1)[1]])
+        svc.start("w1", ["worker", "--name", "w1"])
+        wait_http(svc.url, svc.procs["api"])
+        yield svc
+    finally:
+        close_service(svc)
+
+
+def dockerd_pids(nodes) -> dict[str, str]:
+    return {n.name: Path(n.state_dir, "docker.pid").read_text().strip() for n in nodes
+            if Path(n.state_dir, "docker.pid").exists()}
+
+
+def test_a_worker_starting_during_a_create_leaves_its_nodes_alone(service, magnum):
+    api = service.api()
+    template = magnum.cluster_templates.create(name="swarm", coe="swarm-mode", image_id="jeroboam-node",
+                                               server_type="local")
+    cluster = magnum.clusters.create(name="busy", cluster_template_id=template.uuid, node_count=2).uuid
+    try:
+        def starting():
+            [task] = service.tasks(cluster)
+            steps = {s["name"]: s["state"] for s in task["steps"]}
+            return task if steps.get("start nodes") == "RUNNING" and dockerd_pids(nodes_of(service, cluster)) \
+                else None
+        task = wait_for(starting, 60, "nodes starting", interval=0.05)
+        before = dockerd_pids(nodes_of(service, cluster))
+        # w1 frozen mid-create (alive, its session open), so that w2's start, however slow,
+        # falls within the create
+        service.procs["w1"].proc.send_signal(signal.SIGSTOP)
+        try:
+            service.start("w2", ["worker", "--name", "w2"])
+
+            def reconciled():  # the first heartbeat follows the clean-up pass
+                services = api.get("/v1/mservices", headers={"X-Roles": "admin"}).json()["mservices"]
+                return any(s["host"] == "w2" and s["report_count"] >= 2 for s in services)
+            wait_for(reconciled, 60, "w2 started")
+            running = api.get(f"/v1/tasks/{task['uuid']}").json()["task"]
+            assert (running["state"], running["worker"]) == ("RUNNING", "w1")
+            assert dockerd_pids(nodes_of(service, cluster)) == before
+        finally:
+            service.procs["w1"].proc.send_signal(signal.SIGCONT)
+
+        done = wait_status(magnum, cluster, "CREATE_COMPLETE", timeout=120)
+        finished = api.wait_task(task["uuid"])
+        assert (finished["state"], finished["worker"], finished["attempts"]) == ("SUCCEEDED", "w1", 1)
+        nodes = nodes_of(service, cluster)
+        after = dockerd_pids(nodes)
+        # every dockerd running before w2 started runs still, the same process
+        assert {name: after.get(name) for name in before} == before
+        assert len(nodes) == 3 and len(done.node_addresses) == 2
+        manager = next(n for n in nodes if "-master-" in n.hostname)
+        assert ready_members(manager) == sorted(n.hostname for n in nodes)
+    finally:
+        delete_cluster(magnum, cluster)

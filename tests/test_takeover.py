@@ -1,0 +1,108 @@
+"""Takeover on PostgreSQL comes from the dead worker's database session, not its lease: a
+SIGKILLed worker's task moves on within seconds under a 60 s lease, and a live worker whose
+heartbeat stalls past its lease keeps its task. `jeroboam api` and two `jeroboam worker`s,
+the test driver (labels set its step delays)."""
+
+import datetime
+import signal
+import time
+
+import psycopg
+import pytest
+
+from tests.support import Api, Process, base_env, split_service
+from tests.test_postgres_scale_out import database  # noqa: F401  (a fixture)
+
+
+@pytest.fixture
+def service(database, tmp_path, request):  # noqa: F811
+    lease = request.param
+    env = base_env(tmp_path, JEROBOAM_SERVER_DATABASE=database, JEROBOAM_WORKER_LEASE_SECONDS=str(lease),
+                   JEROBOAM_WORKER_THREADS="2")
+    with split_service(env, tmp_path, ["w1", "w2"]) as (url, procs):
+        yield Api(url), procs, env, tmp_path
+
+
+def running_step(api: Api, task: str, step: str) -> dict:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        body = api.get(f"/v1/tasks/{task}").json()["task"]
+        if {s["name"]: s["state"] for s in body["steps"]}.get(step) == "RUNNING":
+            return body
+        time.sleep(0.02)
+    raise TimeoutError(f"step {step} of task {task} never ran: {body}")
+
+
+def kill_mid_create(api: Api, procs: dict) -> tuple[str, str, str]:
+    """Create a cluster, SIGKILL its worker in the create's second step: (cluster, task, victim)."""
+    t = api.template(labels={"test_delay": "1.0"})
+    cluster, task = api.cluster(t["uuid"])
+    victim = running_step(api, task, "bootstrap")["worker"]
+    procs[victim].kill()
+    return cluster, task, victim
+
+
+def event_time(task: dict, text: str) -> datetime.datetime:
+    return next(datetime.datetime.fromisoformat(e["time"]) for e in task["events"] if text in e["message"])
+
+
+@pytest.mark.parametrize("service", [60], indirect=True)
+def test_a_sigkilled_workers_task_is_taken_over_long_before_its_lease(service):
+    api, procs, env, data = service
+    cluster, task, victim = kill_mid_create(api, procs)
+    survivor = "w2" if victim == "w1" else "w1"
+    killed = datetime.datetime.now(datetime.timezone.utc)
+    finished = api.wait_task(task)
+    assert (finished["state"], finished["worker"], finished["attempts"]) == ("SUCCEEDED", survivor, 2)
+    waited = (event_time(finished, f"taken over by {survivor}") - killed).total_seconds()
+    # the lease (60 s) has no part in it; the bound is loose for a loaded machine
+    assert waited < 20, f"taken over {waited:.1f} s after the kill"
+    assert api.wait_cluster(cluster, {"CREATE_COMPLETE"})["status"] == "CREATE_COMPLETE"
+    # the killed worker's name is free at once for its restart: no lease to wait out
+    procs[victim] = Process(["worker", "--name", victim], env, data / f"{victim}-restarted.log")
+    t2 = api.template(name="again", labels={"test_delay": "0.1"})
+    procs[survivor].stop()
+    assert api.wait_task(api.cluster(t2["uuid"])[1])["worker"] == victim
+
+
+@pytest.mark.parametrize("service", [60], indirect=True)
+def test_cancel_right_after_a_takeover_ends_the_dead_workers_step(service):
+    api, procs, _, _ = service
+    cluster, task, _ = kill_mid_create(api, procs)
+    assert api.delete(f"/v1/clusters/{cluster}").status_code == 204
+    cancelled = api.wait_task(task)
+    reason = "cluster delete requested by u-alice"
+    assert (cancelled["state"], cancelled["attempts"], cancelled["error"]) == ("CANCELLED", 2, reason)
+    steps = {s["name"]: (s["state"], s["error"]) for s in cancelled["steps"]}
+    # the step the dead worker left RUNNING ended with the task, as did the one never begun
+    assert steps == {"provision nodes": ("SUCCEEDED", None), "bootstrap": ("CANCELLED", reason),
+                     "report addresses": ("CANCELLED", reason)}
+    api.wait_cluster(cluster, {"GONE"})
+
+
+@pytest.mark.parametrize("service", [2], indirect=True)
+def test_a_live_worker_whose_heartbeat_stalls_keeps_its_task(service, database):  # noqa: F811
+    api, procs, _, _ = service
+    t = api.template(labels={"test_delay": "2.0"})
+    cluster, task = api.cluster(t["uuid"])
+    owner = running_step(api, task, "provision nodes")["worker"]
+    procs[owner].proc.send_signal(signal.SIGSTOP)  # alive, its session open, its heartbeat silent
+    try:
+        with psycopg.connect(database, autocommit=True) as conn:
+            deadline = time.monotonic() + 20
+            while True:  # until its lease has run out (or another worker took the task)
+                expired, attempts = conn.execute(
+                    "SELECT lease_expires_at < (now() AT TIME ZONE 'UTC'), attempts FROM tasks WHERE uuid = %s",
+                    (task,)).fetchone()
+                if expired or attempts > 1:
+                    break
+                assert time.monotonic() < deadline, "the lease never ran out"
+                time.sleep(0.1)
+        time.sleep(2)  # the other worker polls every 0.05 s: ample time to take it, were it to
+        assert api.get(f"/v1/tasks/{task}").json()["task"]["attempts"] == 1
+    finally:
+        procs[owner].proc.send_signal(signal.SIGCONT)
+    finished = api.wait_task(task)
+    assert (finished["state"], finished["worker"], finished["attempts"]) == ("SUCCEEDED", owner, 1)
+    assert not any("taken over" in e["message"] for e in finished["events"])
+    api.wait_cluster(cluster, {"CREATE_COMPLETE"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -178,3 +179,22 @@ def one_at_a_time(api: Api, task_uuids: list[str], timeout: float = 60) -> list[
     for (_, end, first), (start, _, then) in zip(spans, spans[1:]):
         assert end <= start, f"{then} started at {start} while {first} ran until {end}"
     return tasks
+
+
+# Link names a local provider gives (a prefix of "j" and up to 3 characters, a kind letter or "-", 10 hex digits):
+# other installations' (a concurrent test run, a benchmark) come and go on their own.
+PROVIDER_NAME = re.compile(r"j[a-z0-9]{1,3}[-a-z][0-9a-f]{10}")
+
+
+def foreign_name(name: str, ours: str = "") -> bool:
+    return bool(PROVIDER_NAME.fullmatch(name)) and not (ours and name.startswith(ours))
+
+
+def host_snapshot(ours: str = "") -> dict[str, str]:
+    """Host state outside the provider's own names, which it must never change: routes (less
+    those on another installation's links), the filter and the nat tables."""
+    def out(*argv):
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    routes = [line for line in out("ip", "-4", "route", "show", "table", "main").splitlines()
+              if not any(foreign_name(word, ours) for word in line.split())]
+    return {"routes": "\n".join(routes), "iptables": out("iptables", "-S"), "nat": out("iptables", "-t", "nat", "-S")}

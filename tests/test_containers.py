@@ -18,7 +18,7 @@ import pytest
 
 from jeroboam.infra.local import LocalProvider
 from jeroboam.infra.local.resources import prefix_for
-from tests.drivers.conftest import host_snapshot
+from tests.support import host_snapshot
 from tests.support import Api, free_port
 
 ROOT = Path(__file__).resolve().parent.parent

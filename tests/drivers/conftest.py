@@ -21,20 +21,12 @@ from magnumclient import exceptions as magnum_exc
 from jeroboam.drivers.nodes import node_key
 from jeroboam.infra.local import LocalProvider
 from jeroboam.infra.local.resources import prefix_for
-from tests.support import Api, Process, base_env, free_port, wait_http
+from tests.support import Api, Process, base_env, free_port, host_snapshot, wait_http
 
 # The noauth operator's project: `openstack coe` sent without identity headers sees it too.
 PROJECT = "default"
 OPENSTACK = str(Path(sys.executable).with_name("openstack"))
 TERMINAL = re.compile(r"_(COMPLETE|FAILED)$")
-
-
-def host_snapshot() -> dict[str, str]:
-    """Host state outside the provider's own names, which it must never change."""
-    def out(*argv):
-        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    return {"routes": out("ip", "-4", "route", "show", "table", "main"),
-            "iptables": out("iptables", "-S"), "nat": out("iptables", "-t", "nat", "-S")}
 
 
 def provider_of(data: Path) -> LocalProvider:
@@ -86,7 +78,7 @@ def new_service(**settings) -> Service:
     port = free_port()
     env = base_env(data, **{"JEROBOAM_WORKER_LEASE_SECONDS": "3", **settings})
     service = Service(f"http://127.0.0.1:{port}", data, env)
-    service.before = service.provider.inventory(), host_snapshot()
+    service.before = service.provider.inventory(), host_snapshot(service.provider.prefix)
     return service
 
 
@@ -193,7 +185,7 @@ def delete_leaves_the_host_as_before(service, magnum, cluster_uuid: str) -> None
     print(f"cluster deleted in {time.monotonic() - started:.2f} s")
     inventory, snapshot = service.before
     assert service.provider.inventory() == inventory
-    assert host_snapshot() == snapshot
+    assert host_snapshot(service.provider.prefix) == snapshot
 
 
 def nodes_of(service, cluster_uuid: str) -> list:

@@ -3,24 +3,16 @@
 import fcntl
 import os
 import shutil
-import subprocess
 import tempfile
 
 import pytest
 
 from jeroboam.infra.local import LocalProvider
+from tests.support import host_snapshot as snapshot_of_host
 
 # Link, netns and cgroup names of these tests start with "jbt", apart from a running product's.
 PREFIX = "jbt"
 LOCK = "/tmp/jbt-tests.lock"
-
-
-def _host_snapshot() -> dict[str, str]:
-    """Host state outside the provider's own names that it must never change."""
-    def out(*argv):
-        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    return {"routes": out("ip", "-4", "route", "show", "table", "main"),
-            "iptables": out("iptables", "-S"), "nat": out("iptables", "-t", "nat", "-S")}
 
 
 @pytest.fixture(scope="session")
@@ -45,9 +37,9 @@ def provider():
 @pytest.fixture(scope="session", autouse=True)
 def before(provider):
     """The provider's inventory and the host's routes/firewall before any test made a node."""
-    return provider.inventory(), _host_snapshot()
+    return provider.inventory(), snapshot_of_host(PREFIX)
 
 
 @pytest.fixture(scope="session")
 def host_snapshot():
-    return _host_snapshot
+    return lambda: snapshot_of_host(PREFIX)

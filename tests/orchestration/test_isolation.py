@@ -8,7 +8,6 @@ a host comparison that fails for that reason passes when the test is run alone.
 
 import json
 import os
-import re
 import subprocess
 import uuid
 
@@ -16,7 +15,7 @@ import pytest
 
 from jeroboam.infra.local.resources import prefix_for
 from tests.orchestration.test_stacks_api import wait_stack
-from tests.support import Api, Process, base_env, free_port, wait_http
+from tests.support import Api, Process, base_env, foreign_name, free_port, wait_http
 
 HOT = "2018-08-31"
 
@@ -36,12 +35,11 @@ def service(tmp_path_factory):
 
 # Names of local-provider objects (netns, bridges, veths); those of another installation's
 # prefix are other tests' at work on this machine, which this service's attackers cannot make.
-PROVIDER_NAME = re.compile(r"j[a-z0-9]{1,3}[-bv][0-9a-f]{10}")
 
 
 def host_state(ours: str) -> dict:
     def foreign(name: str) -> bool:
-        return bool(PROVIDER_NAME.fullmatch(name)) and not name.startswith(ours)
+        return foreign_name(name, ours)
 
     def out(*argv) -> str:
         return subprocess.run(argv, capture_output=True, text=True).stdout

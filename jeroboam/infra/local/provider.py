@@ -329,28 +329,12 @@ class LocalProvider(Provider):
         return [NetworkInfo(**d) for p in sorted((self.state_dir / "networks").glob("*.json"))
                 if (d := _read_json(p))]
 
-    def _taken_subnets(self) -> list:
-        nets = [ipaddress.ip_network(n.subnet) for n in self._networks()]
-        for route in json.loads(host.run(["ip", "-4", "-j", "route", "show", "table", "all"],
-                                         "read host routes") or "[]"):
-            if route.get("dst", "default") != "default":
-                nets.append(ipaddress.ip_network(route["dst"], strict=False))
-        return nets
-
     def _check_subnet(self, net):
-        clash = [str(t) for t in self._taken_subnets() if net.overlaps(t)]
-        if clash:
-            raise InfraError("allocate network", f"{net} overlaps host routes or networks {clash}")
-        return net
+        return host.check_subnet(net, [ipaddress.ip_network(n.subnet) for n in self._networks()])
 
     def _free_subnet(self):
-        taken = self._taken_subnets()
-        for pool in self.address_pools:
-            for net in pool.subnets(new_prefix=max(pool.prefixlen, 24)):
-                if not any(net.overlaps(t) for t in taken):
-                    return net
-        raise InfraError("allocate network", "every /24 of the address pools "
-                         f"{[str(p) for p in self.address_pools]} overlaps a host route or network")
+        return host.free_subnet(self.address_pools,
+                                [ipaddress.ip_network(n.subnet) for n in self._networks()])
 
     def _ensure_bridge(self, info: NetworkInfo) -> None:
         cmds = [] if host.link_exists(info.name) else \

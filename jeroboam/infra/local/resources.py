@@ -87,6 +87,8 @@ class Network(Resource):
     """A bridge with its own /24 (the host holds .1); nodes attach to it."""
 
     type_name = NETWORK_TYPE
+    # the provider acting for these resources (subclasses for other providers override it)
+    provider = staticmethod(current)
     properties_schema = {
         "type": "object", "additionalProperties": False, "required": ["network_id"],
         "properties": {
@@ -100,19 +102,19 @@ class Network(Resource):
     }
 
     def create(self):
-        return current().create_network(self.properties["network_id"],
-                                        self.properties.get("subnet")).name
+        return self.provider().create_network(self.properties["network_id"],
+                                              self.properties.get("subnet")).name
 
     def delete(self):
-        provider = current()
+        provider = self.provider()
         if provider.get_network(self.properties["network_id"]) is not None:
             provider.delete_network(self.properties["network_id"])
 
     def check_delete_complete(self):
-        return current().network_deleted(self.properties["network_id"])
+        return self.provider().network_deleted(self.properties["network_id"])
 
     def get_attributes(self):
-        info = current().get_network(self.properties["network_id"])
+        info = self.provider().get_network(self.properties["network_id"])
         return {"name": info.name, "network_id": info.network_id, "subnet": info.subnet,
                 "gateway": info.gateway}
 
@@ -123,6 +125,10 @@ class Node(Resource):
     an ``images`` change imports the new tarballs; other changes replace the node."""
 
     type_name = NODE_TYPE
+    provider = staticmethod(current)
+    start_timeout = START_TIMEOUT
+    delete_timeout = DELETE_TIMEOUT
+    poll = POLL
     properties_schema = {
         "type": "object", "additionalProperties": False,
         "required": ["node_id", "network", "ca_cert", "ca_key"],
@@ -146,27 +152,27 @@ class Node(Resource):
     }
 
     def _name(self) -> str:
-        return self.physical_id or current().node_name(self.properties["node_id"])
+        return self.physical_id or self.provider().node_name(self.properties["node_id"])
 
     def _ca(self) -> KeyPair:
         return KeyPair(self.properties["ca_cert"], self.properties["ca_key"])
 
     def _images(self) -> tuple[ImageTarball, ...]:
-        return tuple(ImageTarball(image_path(current(), i["path"]), i.get("name"))
+        return tuple(ImageTarball(image_path(self.provider(), i["path"]), i.get("name"))
                      for i in self.properties["images"])
 
     def create(self):
         props = self.properties
         self.data.pop("started", None)
         spec = NodeSpec(props["node_id"], props["network"], props.get("hostname"), self._images())
-        return current().create_node(spec, self._ca()).name
+        return self.provider().create_node(spec, self._ca()).name
 
     def _started(self, key: str) -> bool:
-        if current().check_node_create(self._name()):
+        if self.provider().check_node_create(self._name()):
             self.data.pop(key, None)
             return True
-        _deadline(self.data, key, START_TIMEOUT, "start node", self._name())
-        self.poll_after = POLL
+        _deadline(self.data, key, self.start_timeout, "start node", self._name())
+        self.poll_after = self.poll
         return False
 
     def check_create_complete(self):
@@ -175,26 +181,26 @@ class Node(Resource):
     def update(self, old_properties, changed):
         self.data.pop("restarted", None)
         if {"ca_cert", "ca_key"} & changed:
-            current().restart_with_ca(self._name(), self._ca())
+            self.provider().restart_with_ca(self._name(), self._ca())
 
     def check_update_complete(self):
         if not self._started("restarted"):
             return False
-        with closing(current().get_node(self._name()).client()) as client:
+        with closing(self.provider().get_node(self._name()).client()) as client:
             ensure_images(client, list(self._images()))
         return True
 
     def delete(self):
         self.data.pop("deleting", None)
-        current().delete_node(self._name())
+        self.provider().delete_node(self._name())
 
     def check_delete_complete(self):
-        if current().check_node_delete(self._name()):
+        if self.provider().check_node_delete(self._name()):
             return True
-        _deadline(self.data, "deleting", DELETE_TIMEOUT, "delete node", self._name())
-        self.poll_after = POLL
+        _deadline(self.data, "deleting", self.delete_timeout, "delete node", self._name())
+        self.poll_after = self.poll
         return False
 
     def get_attributes(self):
-        info = current().get_node(self._name())
+        info = self.provider().get_node(self._name())
         return info.attributes() if info else {}

@@ -395,30 +395,29 @@ class VmProvider(Provider):
         return info
 
     def _ensure_netns(self, info: NetworkInfo) -> None:
+        """Create what is missing of the network's namespace (bridge, firewall) and of the
+        veth pair and route joining the host to it."""
         veth = self._veth(info.name)
-        if (host.NETNS_DIR / info.name).exists() and host.link_exists(veth):
-            return
-        ns = ["ip", "-n", info.name]
-        with self._lock:  # concurrent first `ip netns add`s stack /run/netns mounts
-            if not (host.NETNS_DIR / info.name).exists():
-                host.run(["ip", "netns", "add", info.name], "create network namespace")
-        host.ip_batch([
-            f"-n {info.name} link add br0 type bridge",
-            f"-n {info.name} addr add {info.gateway}/{info.prefixlen} dev br0",
-            f"-n {info.name} link set br0 up",
-            f"-n {info.name} link set lo up",
-            f"link add {veth} type veth peer name up0 netns {info.name}",
-            f"addr add {HOST_END}/32 dev {veth}",
-            f"link set {veth} up",
-            f"-n {info.name} addr add {NS_END}/32 dev up0",
-            f"-n {info.name} link set up0 up",
-            f"-n {info.name} route add {HOST_END}/32 dev up0",
-            f"-n {info.name} route add default via {HOST_END} dev up0",
-            f"route add {info.subnet} via {NS_END} dev {veth} onlink",
-        ], f"create network {info.name}")
         enter = ["nsenter", f"--net={host.NETNS_DIR / info.name}"]
-        host.run([*enter, "sysctl", "-qw", "net.ipv4.ip_forward=1"], "network forwarding")
-        host.run([*enter, "iptables-restore"], "network firewall", input=NETNS_FIREWALL)
+        if not (host.NETNS_DIR / info.name).exists():
+            with self._lock:  # concurrent first `ip netns add`s stack /run/netns mounts
+                host.run(["ip", "netns", "add", info.name], "create network namespace")
+            _ip_batch(info.name, ["link add br0 type bridge",
+                                  f"addr add {info.gateway}/{info.prefixlen} dev br0",
+                                  "link set br0 up", "link set lo up"], "create bridge")
+            host.run([*enter, "sysctl", "-qw", "net.ipv4.ip_forward=1"], "network forwarding")
+            host.run([*enter, "iptables-restore"], "network firewall", input=NETNS_FIREWALL)
+        if not host.link_exists(veth):
+            if _ns_link_exists(info.name, "up0"):  # half of a pair whose host end went
+                _ip_batch(info.name, ["link del up0"], "remove half a veth pair")
+            host.ip_batch([f"link add {veth} type veth peer name up0 netns {info.name}",
+                           f"addr add {HOST_END}/32 dev {veth}", f"link set {veth} up"],
+                          f"join the host to {info.name}")
+            _ip_batch(info.name, [f"addr add {NS_END}/32 dev up0", "link set up0 up",
+                                  f"route add {HOST_END}/32 dev up0",
+                                  f"route add default via {HOST_END} dev up0"], "route out")
+            host.run(["ip", "route", "replace", info.subnet, "via", NS_END, "dev", veth,
+                      "onlink"], f"route to {info.name}")
 
     def get_network(self, network_id: str) -> NetworkInfo | None:
         return self._load_network(self.network_name(network_id))
@@ -599,8 +598,8 @@ class VmProvider(Provider):
             ns = host.NETNS_DIR / net.name
             if _ns_link_exists(net.name, tap):  # left by a VM that died
                 host.run(["ip", "-n", net.name, "link", "del", tap], "remove old tap")
-            host.ip_batch([f"-n {net.name} tuntap add dev {tap} mode tap",
-                           f"-n {net.name} link set {tap} master br0 up"], f"tap of {info.name}")
+            _ip_batch(net.name, [f"tuntap add dev {tap} mode tap",
+                                 f"link set {tap} master br0 up"], f"tap of {info.name}")
             for stale in ("qemu.pid", "agent.sock"):
                 (d / stale).unlink(missing_ok=True)
             accel = self.acceleration()["accel"]
@@ -619,9 +618,24 @@ class VmProvider(Provider):
                     "-device", "virtserialport,chardev=agent,name=org.jeroboam.agent",
                     "-runas", "nobody",
                     "-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny",
-                    "-pidfile", str(d / "qemu.pid"), "-daemonize"]
-            # -daemonize: this child exits once QEMU runs; QEMU itself is nobody's child here
-            host.run(argv, f"start VM {info.name}", timeout=60)
+                    "-pidfile", str(d / "qemu.pid")]
+            # `setsid --fork`: QEMU is no worker's child (its own -daemonize forks after the
+            # seccomp filter that denies forking is in place)
+            with open(d / "qemu.log", "wb") as log:
+                subprocess.run(["setsid", "--fork", *argv], stdin=subprocess.DEVNULL,
+                               stdout=log, stderr=log, check=True)
+            wait_until(lambda: (d / "agent.sock").exists() or self._qemu_log(d), 30,
+                       f"start VM {info.name}")
+            if not (d / "agent.sock").exists():
+                raise InfraError("start VM", f"{info.name}: {self._qemu_log(d)}")
+
+    @staticmethod
+    def _qemu_log(d: Path) -> str:
+        """QEMU's complaint, if it wrote one (it exits then)."""
+        try:
+            return (d / "qemu.log").read_text(errors="replace").strip()
+        except FileNotFoundError:
+            return ""
 
     def _qemu_pid(self, name: str) -> int | None:
         try:
@@ -788,3 +802,7 @@ class VmProvider(Provider):
 def _ns_link_exists(netns: str, link: str) -> bool:
     return subprocess.run(["ip", "-n", netns, "link", "show", link], capture_output=True
                           ).returncode == 0
+
+
+def _ip_batch(netns: str, commands: list[str], step: str) -> None:
+    host.run(["ip", "-n", netns, "-batch", "-"], step, input="\n".join(commands) + "\n")

@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from jeroboam.infra import InfraError, ProcessSpec
+from jeroboam.infra import InfraError, ProcessSpec, wait_until
 from jeroboam.infra.local import BASE_IMAGE, tls_client
 from jeroboam.infra.local.provider import NodeSpec
 from jeroboam.pki import new_ca
@@ -86,7 +86,8 @@ def test_files_commands_and_supervised_processes(cluster):
     pid = node.start_process(ProcessSpec("ticker", ("sh", "-c", "echo started; exec sleep 600")))
     assert node.start_process(ProcessSpec("ticker", ("sleep", "1"))) == pid  # already runs
     assert node.process_pid("ticker") == pid
-    assert "started" in Path(node.process_log("ticker")).read_text()
+    wait_until(lambda: "started" in Path(node.process_log("ticker")).read_text(), 30,
+               "the process's output in its log", interval=0.5)
     node.stop_process("ticker", timeout=5)
     assert node.process_pid("ticker") is None
 

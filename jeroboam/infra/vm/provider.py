@@ -352,6 +352,7 @@ class VmProvider(Provider):
 
     @contextmanager
     def _locked(self):
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self.state_dir / "lock", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             yield
@@ -438,8 +439,10 @@ class VmProvider(Provider):
         # the namespace takes its bridge, the taps and the veth pair (hence the route) along
         if (host.NETNS_DIR / name).exists():
             host.run(["ip", "netns", "del", name], "delete network namespace")
-        if host.link_exists(self._veth(name)):
-            host.run(["ip", "link", "del", self._veth(name)], "delete veth")
+        # the host end goes with the namespace's, a moment later
+        wait_until(lambda: not host.link_exists(self._veth(name)) or
+                   subprocess.run(["ip", "link", "del", self._veth(name)],
+                                  capture_output=True).returncode == 0, 10, "delete veth")
         (self.state_dir / "networks" / f"{name}.json").unlink(missing_ok=True)
 
     def _load_network(self, name: str) -> NetworkInfo | None:

@@ -12,7 +12,11 @@ each from a clean `down`, in its own state directory, bridge and free /24.
 Medians of --runs (3) after one untimed warm-up of each. Everything made is removed at the end,
 also on failure.
 
-    bash bench/clusters/run.sh [--runs 3] [--json out.json]
+With ``--server-type vm``: Swarm 1 + 2 on QEMU virtual machines (create until CREATE_COMPLETE,
+delete until 404), --runs times, no warm-up (the node images are built before the clock starts),
+with the acceleration the vm provider chose (KVM or TCG) printed beside the figures.
+
+    bash bench/clusters/run.sh [--runs 3] [--json out.json] [--server-type vm]
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ sys.path.insert(0, str(ROOT))
 
 from jeroboam.infra.local import LocalProvider  # noqa: E402
 from jeroboam.infra.local.resources import prefix_for  # noqa: E402
+from jeroboam.infra.vm.provider import VmProvider  # noqa: E402
 
 RECIPE = ROOT.parent / "shared" / "notes" / "local-swarm" / "swarm-local.sh"
 TARGETS = {"create 3 nodes": 2.7, "create 10 nodes": 9.0, "delete 3 nodes": 5.0}
+VM_TARGETS = {"tcg": 30.0, "kvm": 10.0}  # create 1 + 2 on VMs, by acceleration
 BARE_OF = {"create 3 nodes": "up 3", "create 10 nodes": "up 10"}
 HEADERS = {"OpenStack-API-Version": "container-infra latest"}
 POLL = 0.02
@@ -123,9 +129,10 @@ class Service:
                 self.proc.kill()
                 self.proc.wait()
             self.log.close()
-            state = str(self.data / "local")
-            if os.path.isdir(state):  # else no node was ever made
-                LocalProvider(state, prefix=prefix_for(state)).remove_leftovers([], [])
+            for kind, cls in (("local", LocalProvider), ("vm", VmProvider)):
+                state = str(self.data / kind)
+                if os.path.isdir(state):  # else no node was ever made
+                    cls(state, prefix=prefix_for(state)).remove_leftovers([], [])
 
 
 def bench_service(runs: int, data: Path) -> dict[str, list[float]]:
@@ -157,6 +164,37 @@ def bench_service(runs: int, data: Path) -> dict[str, list[float]]:
     finally:
         service.close()
     return times
+
+
+def bench_vm(runs: int, data: Path) -> dict:
+    """Swarm 1 + 2 on VMs: create and delete times, with the acceleration in use."""
+    build = ROOT / "scripts" / "build-vm-images.sh"
+    subprocess.run(["bash", str(build)], check=True, stdout=subprocess.DEVNULL)
+    service = Service(data)
+    times = {"create 3 nodes": [], "delete 3 nodes": []}
+    try:
+        reply = service.http.post("/v1/clustertemplates", json={
+            "name": "bench", "coe": "swarm-mode", "image_id": "jeroboam-node",
+            "server_type": "vm"})
+        assert reply.status_code == 201, reply.text
+        for run in range(runs):
+            uuid, t_create = service.create(f"vm3-{run}", 2)
+            t_delete = service.delete(uuid)
+            log(f"vm run {run}: create 1+2 {t_create:.2f} s, delete {t_delete:.2f} s")
+            times["create 3 nodes"].append(t_create)
+            times["delete 3 nodes"].append(t_delete)
+    finally:
+        service.close()
+    state = str(data / "vm")
+    accel = VmProvider(state, prefix=prefix_for(state)).acceleration()
+    target = VM_TARGETS[accel["accel"]]
+    create = statistics.median(times["create 3 nodes"])
+    print(f"\nSwarm 1 + 2 on VMs, acceleration {accel['accel']} ({accel['reason']}): medians "
+          f"of {runs} ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})")
+    print(f"create 1+2 {create:.1f} s (target {target:g} s: "
+          f"{'ok' if create <= target else 'MISSED'}), "
+          f"delete {statistics.median(times['delete 3 nodes']):.1f} s")
+    return {"acceleration": accel["accel"], "runs": times}
 
 
 def free_24() -> str:
@@ -203,9 +241,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--server-type", choices=("local", "vm"), default="local")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("the bench builds real swarms: run it as root")
+    if args.server_type == "vm":
+        work = Path(tempfile.mkdtemp(prefix="jbk-", dir="/tmp"))
+        try:
+            figures = bench_vm(args.runs, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
+        return 0
     # short paths: unix sockets under the state directories must stay below 108 bytes
     work = Path(tempfile.mkdtemp(prefix="jbk-", dir="/tmp"))
     try:

@@ -142,7 +142,7 @@ class VmNode(Node):
 
     def ping(self) -> bool:
         try:
-            with closing(self.client(timeout=2)) as client:
+            with closing(self.client(timeout=5)) as client:  # a TLS handshake under TCG
                 return client.ping()
         except Exception:  # noqa: BLE001 (a ping never raises)
             return False
@@ -562,7 +562,9 @@ class VmProvider(Provider):
             "--cgroup-parent", info.cgroup_parent,
             "--swarm-default-advertise-addr", info.address,
             "--log-level", "warn", "--shutdown-timeout", "3"),
-            env={"DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"})
+            env={"DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"},
+            # under TCG on a busy host dockerd may give up waiting for its containerd
+            restart=True)
         env = (f"HOSTNAME={info.hostname}\nADDRESS={info.address}\n"
                f"PREFIXLEN={net.prefixlen}\nGATEWAY={net.gateway}\n")
         files = [("node.env", env.encode(), 0o644),

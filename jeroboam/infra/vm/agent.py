@@ -3,8 +3,8 @@
 The provider puts this file, the local provider's supervisor (``nodeinit.py``) and the node's
 settings on the node's config disk; the guest's init script sets up the network and execs
 ``python3 agent.py``. PID 1 only reaps orphans; its child starts the node supervisor
-(``nodeinit.py``, which starts dockerd and supervises what the drivers start, exactly as on a
-local node) and serves the host over a virtio-serial port (no network listener: nothing on the
+(``nodeinit.py``, which starts containerd and dockerd and supervises what the drivers start,
+as on a local node) and serves the host over a virtio-serial port (no network listener: nothing on the
 cluster network can talk to it).
 
 Protocol: one JSON object a line each way; every request has an ``id`` echoed in its answer
@@ -102,7 +102,8 @@ def serve() -> None:
     # the supervisor: starts dockerd, reports ready, its first process exits (reaped here)
     os.makedirs(os.path.join(NODE_DIR, "files"), exist_ok=True)
     subprocess.run([sys.executable, "-I", "-S", os.path.join(CONFIG_DIR, "nodeinit.py"),
-                    NODE_DIR, os.path.join(CONFIG_DIR, "dockerd.json")], check=True)
+                    NODE_DIR, *(os.path.join(CONFIG_DIR, f"{name}.json")
+                                for name in ("containerd", "dockerd"))], check=True)
     port = os.open(_port(), os.O_RDWR)
     lock = threading.Lock()
 

@@ -82,6 +82,7 @@ NS_END = "169.254.0.2"
 MEMORY_MB = 512
 TB_SIZE_MB = 128  # TCG's translation cache: the default (1 GB) would double each VM's memory
 KVM_TRIAL_TIMEOUT = 5.0
+TCG_CLIENT_TIMEOUT = 30.0
 QEMU = "qemu-system-x86_64"
 
 # The network namespace's forwarding: the host may open connections to nodes; nodes only answer
@@ -136,6 +137,10 @@ class VmNode(Node):
         return (Path(self.state_dir) / "tls" / name).read_text()
 
     def client(self, timeout: float = 30) -> docker.DockerClient:
+        # a guest under TCG answers several times slower than a local node: the drivers'
+        # timeouts (meant for those) get a floor here
+        if self.provider.acceleration()["accel"] == "tcg":
+            timeout = max(timeout, TCG_CLIENT_TIMEOUT)
         return tls_client(self.api_address, self._tls("ca.pem"),
                           KeyPair(self._tls("client-cert.pem"), self._tls("client-key.pem")),
                           timeout)
@@ -193,7 +198,8 @@ class VmNode(Node):
 
     def attributes(self) -> dict:
         return {"name": self.name, "hostname": self.hostname, "address": self.address,
-                "api_address": self.api_address, "mac": self.mac}
+                "api_address": self.api_address, "mac": self.mac,
+                "acceleration": self.provider.acceleration()["accel"]}
 
 
 def _digest(kind: str, ident: str) -> str:
@@ -559,15 +565,20 @@ class VmProvider(Provider):
             "dockerd", "-H", "unix:///run/docker.sock", "-H", f"tcp://{info.address}:{TLS_PORT}",
             "--tlsverify", "--tlscacert", f"{guest_tls}/ca.pem",
             "--tlscert", f"{guest_tls}/server-cert.pem", "--tlskey", f"{guest_tls}/server-key.pem",
+            "--containerd", "/run/containerd/containerd.sock",
             "--cgroup-parent", info.cgroup_parent,
             "--swarm-default-advertise-addr", info.address,
             "--log-level", "warn", "--shutdown-timeout", "3"),
             env={"DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"},
-            # under TCG on a busy host dockerd may give up waiting for its containerd
+            # under TCG on a busy host dockerd may give up waiting for containerd: it tries again
             restart=True)
+        # a containerd of its own, not dockerd's child: dockerd gives its own child only
+        # seconds to start, too few under TCG on a busy host
+        containerd = ProcessSpec("containerd", ("containerd",), restart=True)
         env = (f"HOSTNAME={info.hostname}\nADDRESS={info.address}\n"
                f"PREFIXLEN={net.prefixlen}\nGATEWAY={net.gateway}\n")
         files = [("node.env", env.encode(), 0o644),
+                 ("containerd.json", json.dumps(asdict(containerd)).encode(), 0o644),
                  ("dockerd.json", json.dumps(asdict(dockerd)).encode(), 0o644),
                  ("init", (HERE / "guest-init.sh").read_bytes(), 0o755),
                  ("agent.py", (HERE / "agent.py").read_bytes(), 0o644),

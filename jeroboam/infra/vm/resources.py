@@ -66,3 +66,4 @@ class Node(local.Node):
     poll = 1.0
     attributes_schema = {k: v for k, v in local.Node.attributes_schema.items() if k != "socket"}
     attributes_schema["name"] = "The node's name (its VM's name)."
+    attributes_schema["acceleration"] = "kvm or tcg: how its VM runs (chosen by a trial boot)."

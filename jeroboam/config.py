@@ -54,8 +54,20 @@ OPTIONS: list[Option] = [
     Option("worker", "service_down_seconds", 30, "A worker silent this long shows as down in mservices."),
     Option("quotas", "max_clusters_per_project", 20, "Cluster quota of a project that has no quota row."),
     Option("drivers", "disabled_drivers", "", "Comma-separated driver names not to load."),
+    # Orchestration: stack limits (Heat's defaults) and where containers may run.
+    Option("orchestration", "max_resources_per_stack", 1000,
+           "Most resources a stack may have, group members included."),
+    Option("orchestration", "max_template_size", 512 * 1024, "Largest template, in bytes."),
+    Option("orchestration", "max_nested_stack_depth", 5, "Deepest nesting of group members."),
+    Option("orchestration", "docker_endpoints", "",
+           "Comma-separated tcp:// Docker endpoints DockerInc::Docker::Container may name besides "
+           "clusters of the stack's project. Never the service's own host."),
     Option("images", "catalog", "jeroboam-node=debian",
            "Images templates may name, as image_id=os_distro[,...]. The os_distro picks the driver."),
+    # Operations (issue 11): health check and metrics.
+    Option("healthcheck", "disable_by_file_path", "",
+           "While this file exists /healthcheck answers 503 (drain this API before maintenance)."),
+    Option("metrics", "enabled", True, "Serve Prometheus metrics at /metrics, without authentication."),
 ]
 
 
@@ -67,6 +79,17 @@ def _coerce(default, raw: str):
     if isinstance(default, float):
         return float(raw)
     return raw
+
+
+class ConfigError(ValueError):
+    """A value that cannot be used; the message names the option and where it came from."""
+
+
+def _coerce_named(opt: Option, where: str, raw: str):
+    try:
+        return _coerce(opt.default, raw)
+    except ValueError:
+        raise ConfigError(f"{where}: {raw!r} is not a valid {type(opt.default).__name__}") from None
 
 
 @dataclass
@@ -107,15 +130,20 @@ def load(config_file: str | None = None, overrides: dict[tuple[str, str], object
     parser = configparser.ConfigParser()
     config_file = config_file or environ.get("JEROBOAM_CONFIG")
     if config_file:
-        if not parser.read(config_file):
-            raise FileNotFoundError(f"config file not found: {config_file}")
+        try:
+            found = parser.read(config_file)
+        except configparser.Error as exc:
+            raise ConfigError(f"config file {config_file}: {' '.join(str(exc).split())}") from None
+        if not found:
+            raise ConfigError(f"config file not found: {config_file}")
     settings = Settings()
     for opt in OPTIONS:
         value = opt.default
         if parser.has_option(opt.section, opt.name):
-            value = _coerce(opt.default, parser.get(opt.section, opt.name))
+            value = _coerce_named(opt, f"[{opt.section}] {opt.name} in {config_file}",
+                                  parser.get(opt.section, opt.name))
         if opt.env in environ:
-            value = _coerce(opt.default, environ[opt.env])
+            value = _coerce_named(opt, opt.env, environ[opt.env])
         settings.values[(opt.section, opt.name)] = value
     for key, value in (overrides or {}).items():
         if value is not None:

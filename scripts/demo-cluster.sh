@@ -11,20 +11,15 @@ NAME=${JEROBOAM_DEMO_CLUSTER:-demo}
 CERTS=${JEROBOAM_DEMO_CERTS:-${JEROBOAM_DATA_DIR:-$ROOT/.data}/$NAME-certs}
 SERVICE=$NAME-web
 
-# Template and cluster (created or reused), certificates into $CERTS; prints the api_address.
-API_ADDRESS=$("$PY" - "$URL" "$NAME" "$CERTS" <<'EOF'
-import json, os, sys, time, urllib.error, urllib.request
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
-url, name, certs = sys.argv[1:]
+JEROBOAM=${JEROBOAM_VENV:-$ROOT/.venv}/bin/jeroboam
+# Prepended to each Python step below: one JSON call to the API.
+CALL='
+import json, sys, urllib.error, urllib.request
 HEADERS = {"Content-Type": "application/json", "OpenStack-API-Version": "container-infra latest"}
 
 
 def call(method, path, body=None):
-    request = urllib.request.Request(url + path, method=method, headers=HEADERS,
+    request = urllib.request.Request(URL + path, method=method, headers=HEADERS,
                                      data=json.dumps(body).encode() if body is not None else None)
     try:
         with urllib.request.urlopen(request, timeout=30) as reply:
@@ -36,45 +31,57 @@ def call(method, path, body=None):
 
 def say(text):
     print(text, file=sys.stderr, flush=True)
+'
 
-
+# Template and cluster, created or reused: prints the cluster's uuid and the task to follow
+# ("latest" for one already in progress, "-" for none). A failed cluster is deleted first.
+started=$(date +%s.%N)
+while true; do
+  read -r CLUSTER TASK < <("$PY" - "$URL" "$NAME" < <(printf '%s\n' "$CALL"; cat <<'EOF'
+URL, name = sys.argv[1:]
 template = f"{name}-swarm"
 if call("GET", f"/v1/clustertemplates/{template}")[0] == 404:
     status, body, _ = call("POST", "/v1/clustertemplates", {
         "name": template, "coe": "swarm-mode", "image_id": "jeroboam-node", "server_type": "local"})
     assert status == 201, body
     say(f"cluster template {template} created (coe swarm-mode, image jeroboam-node, server_type local)")
-
 status, cluster, _ = call("GET", f"/v1/clusters/{name}")
 if status == 200 and cluster["status"].endswith("_FAILED"):
     say(f"cluster {name} is {cluster['status']} ({cluster['status_reason']}): deleting it")
-    call("DELETE", f"/v1/clusters/{name}")
-    while call("GET", f"/v1/clusters/{name}")[0] != 404:
-        time.sleep(0.2)
-    status = 404
-started = time.monotonic()
-if status == 404:
+    _, _, headers = call("DELETE", f"/v1/clusters/{name}")
+    print("deleted", headers["Location"].rsplit("/", 1)[1])
+elif status == 404:
     status, body, headers = call("POST", "/v1/clusters", {
         "name": name, "cluster_template_id": template, "master_count": 1, "node_count": 2})
     assert status == 202, body
-    task = headers["Location"].rsplit("/", 1)[1]
-    say(f"cluster {name} ({body['uuid']}) accepted; task {url}/v1/tasks/{task}")
-    shown = set()
-    while True:
-        task_body = call("GET", f"/v1/tasks/{task}")[1]["task"]
-        for step in task_body["steps"]:
-            if step["state"] in ("SUCCEEDED", "FAILED") and step["name"] not in shown:
-                shown.add(step["name"])
-                say(f"  {time.monotonic() - started:5.2f} s  step {step['name']}: "
-                    f"{step['state'].lower()}{': ' + step['error'] if step['error'] else ''}")
-        if task_body["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
-            break
-        time.sleep(0.05)
-while (cluster := call("GET", f"/v1/clusters/{name}")[1])["status"].endswith("_IN_PROGRESS"):
-    time.sleep(0.1)
+    say(f"cluster {name} ({body['uuid']}) accepted")
+    print(body["uuid"], headers["Location"].rsplit("/", 1)[1])
+else:
+    print(cluster["uuid"], "latest" if cluster["status"].endswith("_IN_PROGRESS") else "-")
+EOF
+  ))
+  # The long part: the task's steps live until it ends (as `openstack coe task wait` shows them).
+  if [[ $TASK == latest ]]; then
+    "$JEROBOAM" task wait --url "$URL" --resource "$CLUSTER" || true
+  elif [[ $TASK != - ]]; then
+    "$JEROBOAM" task wait --url "$URL" "$TASK" || [[ $CLUSTER != deleted ]]
+  fi
+  [[ $CLUSTER == deleted ]] || break
+done
+
+# The cluster's state and addresses, then certificates into $CERTS; prints the api_address.
+API_ADDRESS=$("$PY" - "$URL" "$NAME" "$CERTS" "$TASK" "$started" < <(printf '%s\n' "$CALL"; cat <<'EOF'
+import os, time
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+URL, name, certs, task, started = sys.argv[1:]
+cluster = call("GET", f"/v1/clusters/{name}")[1]
 if cluster["status"] not in ("CREATE_COMPLETE", "UPDATE_COMPLETE"):
     sys.exit(f"cluster {name} is {cluster['status']}: {cluster['status_reason']}")
-took = f" after {time.monotonic() - started:.2f} s" if status == 404 else ""
+took = f" after {time.time() - float(started):.2f} s" if task != "-" else ""
 say(f"cluster {name} is {cluster['status']}{took}: "
     f"manager {cluster['master_addresses']}, workers {cluster['node_addresses']}, "
     f"docker {cluster['coe_version']}, health {cluster['health_status']}")
@@ -101,7 +108,7 @@ for fname, text in files.items():
 say(f"client certificate signed through the API, written to {certs}")
 print(cluster["api_address"])
 EOF
-)
+))
 
 export DOCKER_HOST=$API_ADDRESS DOCKER_CERT_PATH=$CERTS DOCKER_TLS_VERIFY=1
 echo

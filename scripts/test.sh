@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine (as root): installs what it needs,
-# starts PostgreSQL where it is not running, then runs pytest. Extra arguments go to pytest.
+# starts PostgreSQL and MariaDB where they are not running, then runs pytest. Extra arguments go to pytest.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 bash scripts/host-prereqs.sh
 JEROBOAM_EXTRAS=test source scripts/setup.sh
 JEROBOAM_TEST_POSTGRES=$(bash scripts/postgres.sh)
-export JEROBOAM_TEST_POSTGRES
+JEROBOAM_TEST_MARIADB=$(bash scripts/mariadb.sh)
+export JEROBOAM_TEST_POSTGRES JEROBOAM_TEST_MARIADB
 set +e
 python -m pytest -p no:cacheprovider "$@"
 status=$?

@@ -83,7 +83,7 @@ class Process:
         return self.log_path.read_text(errors="replace")
 
 
-def wait_http(url: str, proc: Process, timeout: float = 30) -> None:
+def wait_http(url: str, proc: Process, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.proc.poll() is not None:

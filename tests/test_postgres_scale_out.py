@@ -1,9 +1,11 @@
 """The production path: `jeroboam api` and several `jeroboam worker`s sharing a real PostgreSQL."""
 
 import os
+import re
 import time
 import uuid
 
+import httpx
 import psycopg
 import pytest
 
@@ -90,3 +92,18 @@ def test_api_on_postgres_pages_and_isolates(cluster_of_processes):
     second = mine.get(nxt).json()
     assert [t["name"] for t in second["clustertemplates"]] == ["t2", "t1"]
     assert "secret" not in [t["name"] for t in mine.get("/v1/clustertemplates").json()["clustertemplates"]]
+
+
+def test_metrics_on_postgres(cluster_of_processes):
+    url, *_ = cluster_of_processes
+    api = Api(url, project="pg-metrics")
+    t = api.template(name="timed", labels={"test_delay": "0.1"})
+    assert api.wait_task(api.cluster(t["uuid"])[1])["state"] == "SUCCEEDED"
+    text = httpx.get(url + "/metrics").text
+    # Task run times come from PostgreSQL's own date arithmetic: three steps of 0.1 s at least.
+    count = re.search(r'^jeroboam_task_duration_seconds_count\{action="cluster.create",state="SUCCEEDED"\} (\S+)$',
+                      text, re.M)
+    total = re.search(r'^jeroboam_task_duration_seconds_sum\{action="cluster.create",state="SUCCEEDED"\} (\S+)$',
+                      text, re.M)
+    assert float(count.group(1)) >= 1 and float(total.group(1)) / float(count.group(1)) >= 0.3
+    assert re.search(r"^jeroboam_database_up 1.0$", text, re.M)

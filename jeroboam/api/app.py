@@ -15,6 +15,8 @@ from starlette.routing import Route
 
 from jeroboam import config
 from jeroboam.api import microversions, openapi
+from jeroboam.api.health import HealthCheck
+from jeroboam.api.metrics import MetricsEndpoint, RequestMetrics
 from jeroboam.api.auth import make_auth
 from jeroboam.api.errors import router_error
 from jeroboam.api.policy import Policy
@@ -63,10 +65,6 @@ async def v1_root(request: Request) -> Response:
     return json_response(body, 200, headers)
 
 
-async def healthcheck(request: Request) -> Response:
-    return Response("OK", 200, media_type="text/plain")
-
-
 async def openapi_document(request: Request) -> Response:
     return json_response(request.app.state.openapi, 200, {})
 
@@ -84,11 +82,12 @@ class RequestMiddleware:
     that is not `v1` that way) and a trailing slash is dropped.
     """
 
-    PASS_THROUGH = ("/", "/v1", "/healthcheck")
+    PASS_THROUGH = ("/", "/v1", "/healthcheck", "/metrics")
 
-    def __init__(self, app, access_log: bool):
+    def __init__(self, app, access_log: bool, observe=None):
         self.app = app
         self.access_log = access_log
+        self.observe = observe  # observe(scope, status, seconds) after each request: the metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -113,17 +112,24 @@ class RequestMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
+            elapsed = time.perf_counter() - start
             if self.access_log:
                 ACCESS_LOG.info('request_id=%s method=%s path="%s" status=%d duration_ms=%.2f', request_id,
-                                scope["method"], scope["path"], status, (time.perf_counter() - start) * 1000)
+                                scope["method"], scope["path"], status, elapsed * 1000)
+            if self.observe:
+                self.observe(scope, status, elapsed)
 
 
 def create_app(settings: config.Settings | None = None, engine=None) -> Starlette:
     settings = settings or config.load()
     engine = engine or make_engine(settings.database_url)
     all_resources = resources()
-    routes = [Route("/", root), Route("/v1", v1_root), Route("/healthcheck", healthcheck),
+    health = HealthCheck(engine, settings.get("healthcheck", "disable_by_file_path"))
+    routes = [Route("/", root), Route("/v1", v1_root), Route("/healthcheck", health.__call__, methods=["GET", "HEAD"]),
               Route("/v1/openapi.json", openapi_document)]
+    metrics = bool(settings.get("metrics", "enabled"))
+    if metrics:
+        routes.append(Route("/metrics", MetricsEndpoint(engine).__call__))
     # Every method reaches the resource, which answers 405 itself in Magnum's error shape.
     routes += [Route(r.path, r.__call__, methods=ALL_METHODS) for r in all_resources]
     app = Starlette(routes=routes)
@@ -143,4 +149,5 @@ def create_app(settings: config.Settings | None = None, engine=None) -> Starlett
     # that walk it all (measured: 28% of a list request's time).
     gc.collect()
     gc.freeze()
-    return RequestMiddleware(app, bool(settings.get("server", "access_log")))
+    return RequestMiddleware(app, bool(settings.get("server", "access_log")),
+                             RequestMetrics(app.routes) if metrics else None)

@@ -40,6 +40,15 @@ def filter_equal(stmt, query: dict, columns: dict):
     return stmt, filters
 
 
+def page_limit(call) -> int:
+    """The page size a list request asks for, within [server] max_limit (also the default)."""
+    max_limit = int(call.state.settings.get("server", "max_limit"))
+    limit = int(call.query["limit"]) if "limit" in call.query else max_limit
+    if limit <= 0:
+        raise BadRequest("Limit must be positive")
+    return min(limit, max_limit)
+
+
 def page(call, model, stmt, path: str, marker_column: str = "uuid", extra_query: dict | None = None):
     """Apply limit/marker/sort_key/sort_dir to `stmt`; returns (rows, next_url or None).
 
@@ -47,11 +56,7 @@ def page(call, model, stmt, path: str, marker_column: str = "uuid", extra_query:
     works the same on SQLite and PostgreSQL.
     """
     q = call.query
-    max_limit = int(call.state.settings.get("server", "max_limit"))
-    limit = int(q["limit"]) if "limit" in q else max_limit
-    if limit <= 0:
-        raise BadRequest("Limit must be positive")
-    limit = min(limit, max_limit)
+    limit = page_limit(call)
     sort_dir = q.get("sort_dir", "asc")
     if sort_dir not in ("asc", "desc"):
         raise BadRequest(f"Invalid sort direction: {sort_dir}. Acceptable values are 'asc' or 'desc'")

@@ -13,6 +13,7 @@ from oslo_config import cfg
 from oslo_policy import policy
 
 from jeroboam.api.errors import Forbidden
+from jeroboam.orchestration import resources as registry
 
 ADMIN = "role:admin"
 READER = f"{ADMIN} or (role:reader and project_id:%(project_id)s)"
@@ -55,7 +56,20 @@ DEFAULTS = {
     **{f"stack:{op}": READER for op in ("get", "get_all")},
     **{f"stack:{op}": MEMBER for op in ("create", "update", "delete")},
     "stack:get_all_all_projects": ADMIN,
+    # A cluster driver's stack changes through the cluster: tenants only read it.
+    **{f"stack:{op}_cluster_stack": ADMIN for op in ("update", "delete")},
+    "stack:list_resource_types": READER,
 }
+
+
+
+def resource_type_defaults() -> dict[str, str]:
+    """`resource_types:<TYPE>`, as Heat names them: types safe for tenants are open to anyone
+    who may create stacks; providers' types (and plugins that cannot load) to admins only,
+    cluster drivers running their stacks without the API."""
+    return {f"resource_types:{name}": "@" if (cls := registry.get(name)) is not None and cls.tenant_safe
+            else ADMIN for name in registry.types()}
+
 
 # Keystone's default role implications, so noauth callers saying "member" may also read.
 IMPLIED = {"admin": ("member", "reader"), "member": ("reader",)}
@@ -73,7 +87,8 @@ class Policy:
         conf = cfg.ConfigOpts()
         conf([], project="jeroboam", default_config_files=[], default_config_dirs=[])
         self._enforcer = policy.Enforcer(conf, policy_file=policy_file or None)
-        self._enforcer.register_defaults([policy.RuleDefault(n, c) for n, c in DEFAULTS.items()])
+        self._enforcer.register_defaults([policy.RuleDefault(n, c) for n, c in
+                                          {**DEFAULTS, **resource_type_defaults()}.items()])
         self._enforcer.load_rules()
         self._cached = functools.lru_cache(maxsize=65536)(self._decide)
 

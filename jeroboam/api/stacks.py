@@ -4,23 +4,34 @@ POST, PATCH, PUT and DELETE validate, record the intent (the stack goes
 ACTION_IN_PROGRESS) and queue a task in the same transaction; the task runs
 the engine (jeroboam.orchestration.actions). Template errors are 400s that
 name their place in the template.
+
+Isolation: a template may name only the resource types the caller's policy allows
+(`resource_types:<TYPE>`, 403), and each resource's plugin checks what it would reach
+(a container's cluster or endpoint, 400), all before anything is stored. A cluster driver's
+stack (a cluster's stack_id) changes only through the cluster: its update and delete are
+admin-only here.
 """
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import sqlalchemy as sa
 
 from jeroboam.api import schemas
-from jeroboam.api.common import filter_equal, find_one, iso, listing, page
-from jeroboam.api.errors import BadRequest, Conflict, NotFound
+from jeroboam.api.common import filter_equal, find_one, iso, listing, page, page_limit
+from jeroboam.api.errors import BadRequest, Conflict, Forbidden, NotFound
 from jeroboam.api.routing import Endpoint, Reply, Resource
 from jeroboam.api.validation import Body, Query
+from jeroboam.db.models import Cluster
 from jeroboam.db.stack_models import Stack, StackEvent
 from jeroboam.orchestration import resources as registry
 from jeroboam.orchestration.engine import Engine, StackView
 from jeroboam.orchestration.errors import StackConflict, TemplateError
+from jeroboam.orchestration.resources.base import Services
 from jeroboam.orchestration.sql_store import SqlStore, event_record, stack_record
 from jeroboam.orchestration.store import DELETE, IN_PROGRESS, STATUSES
+from jeroboam.orchestration.template import BoundTemplate, Limits
 from jeroboam.tasks import queue
 
 CANCELLED_BY_DELETE = "cancelled: the stack is being deleted"
@@ -47,7 +58,8 @@ STACK_UPDATE = Body("stack", {"type": "object", "additionalProperties": False, "
 STACK_LIST_QUERY = schemas.query(name={"type": "string"}, action={"type": "string"},
                                  status={"type": "string"}, sort_keys={"type": "string"})
 RESOURCES_QUERY = Query({"type": "object", "properties": {
-    "nested_depth": {"type": "string", "pattern": r"^\d+$"}}})
+    "nested_depth": {"type": "string", "pattern": r"^\d+$"},
+    "limit": schemas.PAGINATION["limit"], "marker": {"type": "string", "description": "a resource name"}}})
 EVENTS_QUERY = schemas.query(resource_name={"type": "string"}, resource_action={"type": "string"},
                              resource_status={"type": "string"}, resource_type={"type": "string"},
                              sort_keys={"type": "string"})
@@ -148,7 +160,33 @@ def _sort_key(call, names: dict) -> None:
 
 
 def _engine(call) -> Engine:
-    return Engine(SqlStore(session=call.session))
+    return Engine(SqlStore(session=call.session), limits=Limits.from_settings(call.state.settings))
+
+
+def _type_allowed(call, type_name: str) -> bool:
+    return call.state.policy.allows(f"resource_types:{type_name}", call.ctx)
+
+
+def _authorizer(call, project_id: str):
+    """What the engine runs on a validated template before storing it: every resource type
+    (group members' too) allowed to the caller, then each plugin's own checks."""
+    def authorize(bound: BoundTemplate) -> None:
+        for path, type_name, _ in bound.definitions:
+            if not _type_allowed(call, type_name):
+                raise Forbidden(f"{path}: resource type {type_name} is not available to this project "
+                                f"(policy resource_types:{type_name}).")
+        services = Services(settings=call.state.settings)
+        for path, type_name, props in bound.definitions:
+            registry.get(type_name).check_access(props, f"{path}.properties", services, call.session, project_id)
+    return authorize
+
+
+def _guard_cluster_stack(call, row: Stack, op: str) -> None:
+    """A cluster's stack changes through the cluster (its driver keeps both in step)."""
+    cluster = call.session.scalar(sa.select(Cluster.uuid).where(Cluster.stack_id == row.uuid).limit(1))
+    if cluster is not None and not call.state.policy.allows(f"stack:{op}_cluster_stack", call.ctx, row.project_id):
+        raise Forbidden(f"Stack {row.name} belongs to cluster {cluster}: change it through the cluster "
+                        f"(policy stack:{op}_cluster_stack).")
 
 
 def _invalid(exc: TemplateError) -> BadRequest:
@@ -184,7 +222,8 @@ def create(call):
     try:
         stack = _engine(call).create_stack(
             body["stack_name"], body["template"], body.get("parameters"), project_id=call.ctx.project_id,
-            timeout_mins=body.get("timeout_mins"), disable_rollback=body.get("disable_rollback", True))
+            timeout_mins=body.get("timeout_mins"), disable_rollback=body.get("disable_rollback", True),
+            authorize=_authorizer(call, call.ctx.project_id))
     except TemplateError as exc:
         raise _invalid(exc) from None
     except StackConflict:
@@ -195,11 +234,13 @@ def create(call):
 
 def _update(call, existing: bool):
     row = lookup(call, "stack:update")
+    _guard_cluster_stack(call, row, "update")
     body = call.body
     try:
         _engine(call).update_stack(row.uuid, body.get("template"), body.get("parameters"), existing=existing,
                                    timeout_mins=body.get("timeout_mins"),
-                                   disable_rollback=body.get("disable_rollback"))
+                                   disable_rollback=body.get("disable_rollback"),
+                                   authorize=_authorizer(call, row.project_id))
     except TemplateError as exc:
         raise _invalid(exc) from None
     except StackConflict as exc:
@@ -219,6 +260,15 @@ def put_stack(call):
 
 def delete(call):
     row = lookup(call, "stack:delete")
+    _guard_cluster_stack(call, row, "delete")
+    # Deleting acts on every resource: refused when one is of a type the caller may not use
+    # (a stack an admin made in the project).
+    types = {r.type for r in SqlStore(session=call.session).resources(row.uuid)}
+    types |= {d["type"] for d in (row.template.get("resources") or {}).values()}  # validated when stored
+    refused = sorted(t for t in types if not _type_allowed(call, t))
+    if refused:
+        raise Forbidden(f"Stack {row.name} has resources of type {refused[0]}, not available to this project "
+                        f"(policy resource_types:{refused[0]}).")
     if row.status == IN_PROGRESS:
         if row.action == DELETE:
             return Reply(None, 204)
@@ -238,8 +288,24 @@ def list_resources(call):
         for name in rec.requires:
             if name in required_by:
                 required_by[name].append(rec.name)
-    return {"resources": [_resource(call, row, rec, required_by[rec.name])
-                          for rec in current.values() if rec.name.count("/") <= depth]}
+    shown = sorted((rec for rec in current.values() if rec.name.count("/") <= depth), key=lambda r: r.name)
+    if "marker" in call.query:
+        names = [rec.name for rec in shown]
+        if call.query["marker"] not in names:
+            raise NotFound(f"Marker {call.query['marker']} could not be found.")
+        shown = shown[names.index(call.query["marker"]) + 1:]
+    limit = page_limit(call)
+    next_url = None
+    if len(shown) > limit:
+        shown = shown[:limit]
+        params = {"limit": limit, "marker": shown[-1].name, **({"nested_depth": depth} if depth else {})}
+        next_url = f"{call.base_url}/v1/stacks/{row.uuid}/resources?{urlencode(params)}"
+    return listing("resources", [_resource(call, row, rec, required_by[rec.name]) for rec in shown], next_url)
+
+
+def list_resource_types(call):
+    call.state.policy.authorize("stack:list_resource_types", call.ctx)
+    return {"resource_types": [t for t in registry.types() if _type_allowed(call, t)]}
 
 
 def show_resource(call):
@@ -298,6 +364,11 @@ def _array(key: str, item: dict) -> dict:
 
 
 RESOURCES = [
+    # before /v1/stacks/{ident}, which would take "resource_types" for a stack's name
+    Resource("/v1/stacks/resource_types",
+             get=Endpoint(list_resource_types, "Resource types the caller may use in a template",
+                          query=schemas.NO_QUERY, response={"type": "object", "properties": {
+                              "resource_types": {"type": "array", "items": {"type": "string"}}}})),
     Resource("/v1/stacks",
              get=Endpoint(list_stacks, "List stacks (filter by name, action, status)", query=STACK_LIST_QUERY,
                           response=_array("stacks", STACK)),

@@ -1,17 +1,32 @@
-"""The `jeroboam` command: serve, api, worker, db upgrade, config sample."""
+"""The `jeroboam` command: serve, api, worker, db upgrade, config sample, task."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
+import shutil
 import signal
+import socket
 import sys
 import threading
+import time
+from pathlib import Path
 
 from jeroboam import config
+from jeroboam.cli import tasks
 
 LOG = logging.getLogger("jeroboam")
+
+
+class StartupError(Exception):
+    """Something in the configuration or the database that stops a start: printed as one line."""
+
+
+def _one_line(exc: BaseException) -> str:
+    # SQLAlchemy wraps the driver's error and appends a link; the driver's own text says it all.
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())
 
 
 def _settings(args) -> config.Settings:
@@ -29,38 +44,112 @@ def _settings(args) -> config.Settings:
 def _logging(settings: config.Settings) -> None:
     logging.basicConfig(level=str(settings.get("server", "log_level")).upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin, every start
 
 
-def _engine(settings):
+def _engine(settings, revision: str):
+    """An engine on a database that answers. Its schema revision, when not this code's, is
+    an error (`revision="required"`), a warning ("warn") or of no concern ("any")."""
+    from jeroboam.db import migrate
     from jeroboam.db.base import make_engine
 
-    return make_engine(settings.database_url)
+    try:
+        url = settings.database_url  # makes data_dir for the embedded database
+    except OSError as exc:
+        raise StartupError(f"[server] data_dir: {exc.strerror}: {exc.filename}") from None
+    try:
+        engine = make_engine(url)
+        shown = engine.url.render_as_string(hide_password=True)
+        with engine.connect() as connection:
+            at = migrate.current(connection)
+    except Exception as exc:  # a bad URL, a missing driver, a database that does not answer
+        raise StartupError(f"database {url.split('@')[-1]}: {_one_line(exc)}") from None
+    if at != migrate.heads() and revision != "any":
+        problem = (f"database {shown} is at revision {','.join(sorted(at)) or 'none'}, this code needs "
+                   f"{','.join(sorted(migrate.heads()))}: run `jeroboam db upgrade`")
+        if revision == "required":
+            raise StartupError(problem)
+        LOG.warning("%s (until then /healthcheck answers 503)", problem)
+    return engine
+
+
+def _upgrade(engine) -> None:
+    from jeroboam.db.migrate import upgrade
+
+    try:
+        upgrade(engine)
+    except Exception as exc:
+        raise StartupError(f"database migration failed: {_one_line(exc)}") from None
 
 
 def _start_worker(settings, engine, name=None):
     from jeroboam.db.base import make_sessionmaker
-    from jeroboam.tasks.worker import Worker
+    from jeroboam.tasks.worker import NameInUse, Worker
 
     worker = Worker(engine, make_sessionmaker(engine), settings, name=name)
-    worker.start()
+    try:
+        worker.start()
+    except NameInUse as exc:
+        raise StartupError(str(exc)) from None
     return worker
 
 
-def _run_api(settings) -> None:
+def _listen_address(settings) -> tuple[str, int]:
+    """HOST and PORT of [server] bind, checked to be free now so that a conflict is one clear line."""
+    bind = str(settings.get("server", "bind"))
+    host, sep, port = bind.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise StartupError(f"[server] bind: expected HOST:PORT, got {bind!r}")
+    try:
+        with socket.create_server((host, int(port)), family=socket.AF_INET6 if ":" in host else socket.AF_INET):
+            pass
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {bind}: {exc.strerror or exc}") from None
+    return host, int(port)
+
+
+def _announce_when_listening(host: str, port: int, database: str) -> None:
+    """Log "serving" once the port accepts connections, not before (uvicorn binds it later)."""
+    target = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+    def wait() -> None:
+        while True:
+            try:
+                socket.create_connection((target, port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        LOG.info("serving the API on http://%s:%d (database %s)", host, port, database)
+
+    threading.Thread(target=wait, name="announce", daemon=True).start()
+
+
+def _metrics_dir(settings, port: int) -> str:
+    """A fresh directory where the API processes keep their request metrics (multiprocess mode)."""
+    path = Path(settings.get("server", "data_dir")) / "metrics" / str(port)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return str(path)
+
+
+def _run_api(settings, engine) -> None:
     import uvicorn
 
-    host, _, port = settings.get("server", "bind").rpartition(":")
+    host, port = _listen_address(settings)
     workers = int(settings.get("server", "api_workers"))
-    common = dict(host=host or "127.0.0.1", port=int(port), loop="uvloop", http="httptools", access_log=False,
+    common = dict(host=host, port=port, loop="uvloop", http="httptools", access_log=False,
                   log_level=str(settings.get("server", "log_level")).lower(), lifespan="off")
+    _announce_when_listening(host, port, engine.url.render_as_string(hide_password=True))
     if workers > 1:
         # Child processes rebuild the settings from the environment.
         os.environ.update(settings.as_env())
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir(settings, port)
         uvicorn.run("jeroboam.cli.main:api_process_app", factory=True, workers=workers, **common)
     else:
         from jeroboam.api.app import create_app
 
-        uvicorn.run(create_app(settings), **common)
+        uvicorn.run(create_app(settings, engine), **common)
 
 
 def api_process_app():
@@ -76,15 +165,12 @@ def api_process_app():
 def cmd_serve(args) -> int:
     settings = _settings(args)
     _logging(settings)
-    from jeroboam.db.migrate import upgrade
-
-    engine = _engine(settings)
-    upgrade(engine)
+    _listen_address(settings)  # before anything starts: a busy port stops everything at once
+    engine = _engine(settings, "any")
+    _upgrade(engine)
     worker = _start_worker(settings, engine)
-    LOG.info("serving the API on http://%s (database %s)", settings.get("server", "bind"),
-             engine.url.render_as_string(hide_password=True))
     try:
-        _run_api(settings)
+        _run_api(settings, engine)
     finally:
         worker.stop()
     return 0
@@ -93,14 +179,14 @@ def cmd_serve(args) -> int:
 def cmd_api(args) -> int:
     settings = _settings(args)
     _logging(settings)
-    _run_api(settings)
+    _run_api(settings, _engine(settings, "warn"))
     return 0
 
 
 def cmd_worker(args) -> int:
     settings = _settings(args)
     _logging(settings)
-    worker = _start_worker(settings, _engine(settings), name=args.name)
+    worker = _start_worker(settings, _engine(settings, "required"), name=args.name)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
@@ -112,11 +198,49 @@ def cmd_worker(args) -> int:
 def cmd_db_upgrade(args) -> int:
     settings = _settings(args)
     _logging(settings)
-    from jeroboam.db.migrate import upgrade
-
-    upgrade(_engine(settings))
+    _upgrade(_engine(settings, "any"))
     print("database is at the newest revision")
     return 0
+
+
+def _tasks(args) -> tasks.Tasks:
+    import requests
+
+    url = args.url or os.environ.get("JEROBOAM_URL") or f"http://{_settings(args).get('server', 'bind')}"
+    url = url.rstrip("/").removesuffix("/v1") + "/v1"
+    headers = dict(tasks.HEADERS)
+    if args.token:
+        headers["X-Auth-Token"] = args.token
+    http = requests.Session()
+    http.headers.update(headers)
+
+    def request(path, params):
+        try:
+            return http.get(url + path, params=params, timeout=30)
+        except requests.RequestException as exc:
+            raise tasks.TaskError(f"cannot reach {url}: {type(exc).__name__}") from None
+    return tasks.Tasks(request)
+
+
+def cmd_task_list(args) -> int:
+    columns = tasks.LIST_COLUMNS
+    rows = [[str(t[c]) for c in columns] for t in
+            _tasks(args).list(resource_uuid=args.resource, action=args.action, state=args.state)]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+    for row in [list(columns)] + rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_task_show(args) -> int:
+    print("\n".join(tasks.describe(_tasks(args).get(args.task))))
+    return 0
+
+
+def cmd_task_wait(args) -> int:
+    client = _tasks(args)
+    uuid = args.task or client.latest(args.resource)["uuid"]
+    return tasks.wait(client, uuid, sys.stdout, args.interval, args.timeout)
 
 
 def cmd_config_sample(args) -> int:
@@ -126,6 +250,7 @@ def cmd_config_sample(args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="jeroboam", description="Containers-as-a-service control plane.")
+    top.add_argument("--version", action="version", version=f"jeroboam {importlib.metadata.version('jeroboam')}")
     sub = top.add_subparsers(dest="command", required=True)
 
     def common(p, api=False, worker=False):
@@ -147,7 +272,7 @@ def parser() -> argparse.ArgumentParser:
     api.set_defaults(func=cmd_api)
     worker = sub.add_parser("worker", help="a worker alone (scale out against PostgreSQL)")
     common(worker, worker=True)
-    worker.add_argument("--name", help="worker name shown in mservices (default HOST-PID)")
+    worker.add_argument("--name", help="worker name shown in mservices, unique among live workers (default: the host name)")
     worker.set_defaults(func=cmd_worker)
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)
@@ -157,12 +282,42 @@ def parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     cfg_sub.add_parser("sample", help="print a commented sample file").set_defaults(func=cmd_config_sample)
+
+    task = sub.add_parser("task", help="follow tasks (as `openstack coe task` does)")
+    task_sub = task.add_subparsers(dest="task_command", required=True)
+
+    def client(p):
+        p.add_argument("--url", help="the API (default: $JEROBOAM_URL, else http://[server] bind)")
+        p.add_argument("--token", default=os.environ.get("OS_TOKEN"), help="Keystone token (default: $OS_TOKEN)")
+        p.add_argument("--config", help="INI configuration file, for [server] bind")
+    task_list = task_sub.add_parser("list", help="tasks, newest last")
+    client(task_list)
+    task_list.add_argument("--resource", help="only the tasks of this cluster, nodegroup or stack (uuid)")
+    task_list.add_argument("--action", help="only this action, e.g. cluster_create")
+    task_list.add_argument("--state", help="only this state, e.g. RUNNING")
+    task_list.set_defaults(func=cmd_task_list)
+    task_show = task_sub.add_parser("show", help="a task with its steps, and why it failed")
+    client(task_show)
+    task_show.add_argument("task", help="task uuid")
+    task_show.set_defaults(func=cmd_task_show)
+    task_wait = task_sub.add_parser("wait", help="follow a task to its end; exit 1 when it fails")
+    client(task_wait)
+    which = task_wait.add_mutually_exclusive_group(required=True)
+    which.add_argument("task", nargs="?", help="task uuid")
+    which.add_argument("--resource", help="the newest task of this resource (uuid) instead")
+    task_wait.add_argument("--interval", type=float, default=0.5, help="seconds between looks (default 0.5)")
+    task_wait.add_argument("--timeout", type=float, help="give up (exit 2) after this many seconds")
+    task_wait.set_defaults(func=cmd_task_wait)
     return top
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (StartupError, config.ConfigError, tasks.TaskError) as exc:
+        print(f"jeroboam: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import uuid
 import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 
@@ -31,6 +32,11 @@ class UTCDateTime(sa.TypeDecorator):
 
     impl = sa.DateTime
     cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "mysql":  # MySQL's DATETIME drops fractions of a second unless told
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(sa.DateTime())
 
     def process_bind_param(self, value, dialect):
         if value is not None and value.tzinfo is not None:
@@ -59,11 +65,19 @@ def make_engine(url: str) -> sa.Engine:
         engine = sa.create_engine(url, connect_args={"check_same_thread": False}, json_deserializer=orjson.loads)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    options = {}
+    for plain, driver in (("postgresql://", "postgresql+psycopg://"), ("mysql://", "mysql+pymysql://"),
+                          ("mariadb://", "mariadb+pymysql://")):
+        if url.startswith(plain):
+            url = driver + url[len(plain):]
+    if url.startswith(("mysql", "mariadb")):
+        # PostgreSQL's default: each statement sees what others committed before it. MySQL's
+        # REPEATABLE READ would hand a transaction's later reads its first snapshot.
+        options["isolation_level"] = "READ COMMITTED"
     # No pre-ping: it costs a round trip per request; connections are recycled instead and
     # a dropped one fails a single request.
-    return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=300, json_deserializer=orjson.loads)
+    return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=300, json_deserializer=orjson.loads,
+                            **options)
 
 
 def make_sessionmaker(engine: sa.Engine) -> sessionmaker:
@@ -72,3 +86,12 @@ def make_sessionmaker(engine: sa.Engine) -> sessionmaker:
 
 def is_postgres(engine: sa.Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+def locks_rows(engine: sa.Engine) -> bool:
+    """Whether SELECT ... FOR UPDATE SKIP LOCKED works: PostgreSQL, MySQL 8, MariaDB 10.6."""
+    if engine.dialect.name != "mysql":
+        return is_postgres(engine)
+    with engine.connect():  # the server's version is known once connected
+        version = engine.dialect.server_version_info
+    return version >= ((10, 6) if engine.dialect.is_mariadb else (8,))

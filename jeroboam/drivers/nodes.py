@@ -25,10 +25,10 @@ def dead_nodes(provider: Provider, nodes: list[Node]) -> list[Node]:
 
 
 def node_key(info: Node) -> tuple[str, str, int] | None:
-    """(cluster, nodegroup, index) of a cluster's node, from its node id; None for a node of
-    some other stack."""
+    """(cluster, nodegroup, index) of a cluster's node, from its node id (stack/cluster/
+    nodegroup/index); None for a node of some other stack."""
     parts = info.node_id.split("/")
-    return (parts[0], parts[1], int(parts[2])) if len(parts) == 3 and parts[2].isdigit() else None
+    return (parts[1], parts[2], int(parts[3])) if len(parts) == 4 and parts[3].isdigit() else None
 
 
 def reconcile(provider: Provider, session_factory) -> None:
@@ -54,12 +54,16 @@ def reconcile(provider: Provider, session_factory) -> None:
     broken = {c.stack_id for c in clusters if c.status in BROKEN}
     busy = {c.uuid for c in clusters if c.status.endswith("_IN_PROGRESS")}
     busy_stacks = {c.stack_id for c in clusters if c.uuid in busy}
-    keep = {node_type: set(), network_type: busy.copy()}
+    from jeroboam.drivers.swarm import stack_id_of  # the driver module imports this one
+
+    keep = {node_type: set(),
+            network_type: {provider.scoped(stack_id_of(c), c) for c in busy}}
     adopt = {node_type: set(), network_type: set()}
     for res in resources:
         ident = (res.properties or {}).get("node_id" if res.type == node_type else "network_id")
         if not ident or res.stack_id in broken:
             continue
+        ident = provider.scoped(res.stack_id, ident)
         keep[res.type].add(ident)
         if res.stack_id not in busy_stacks and res.status != IN_PROGRESS:
             adopt[res.type].add(ident)

@@ -340,11 +340,12 @@ class SwarmDriver(Driver):
 
         def clean_up() -> None:
             # what a stack never recorded (a create interrupted at the wrong moment)
-            prefix = f"{s.cluster.uuid}/"
+            prefix = s.provider.scoped(s.id, f"{s.cluster.uuid}/")
             left = [n.name for n in s.provider.nodes() if n.node_id.startswith(prefix)]
             s.provider.destroy_nodes(left)
-            if s.provider.get_network(s.cluster.uuid) is not None:
-                s.provider.delete_network(s.cluster.uuid)
+            network = s.provider.scoped(s.id, s.cluster.uuid)
+            if s.provider.get_network(network) is not None:
+                s.provider.delete_network(network)
 
         ctx.run_step("delete nodes", delete_stack)
         ctx.run_step("clean up host", clean_up)

@@ -129,5 +129,3 @@ class Monitor:
                           owner.user_id, {"auto_heal": [n.name for n in dead]})
         LOG.warning("cluster %s: auto-heal replaces %s", cluster_uuid, hostnames)
         queue.work_available.set()
-
-

@@ -170,6 +170,12 @@ class Provider(abc.ABC):
     # --- stack fragments -------------------------------------------------------------------
 
     @abc.abstractmethod
+    def scoped(self, stack_id: str, ident: str) -> str:
+        """The id the provider knows a stack's network or node by, given the ``network_id`` /
+        ``node_id`` its resource names (ids are per stack: no stack names, adopts or deletes
+        another's): what :meth:`get_network` takes and ``Node.node_id`` is."""
+
+    @abc.abstractmethod
     def network_resource(self, network_id: str) -> dict:
         """A stack resource for the network ``network_id`` (its ``network_id`` property is
         that id; attribute ``network_id``)."""

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from jeroboam.orchestration.engine import Engine, stack_event
 from jeroboam.orchestration.errors import StackNotFound
+from jeroboam.orchestration.resources.base import Services
 from jeroboam.orchestration.sql_store import SqlStore
 from jeroboam.orchestration.store import COMPLETE, DELETE, FAILED, IN_PROGRESS
+from jeroboam.orchestration.template import Limits
 from jeroboam.tasks import registry
 from jeroboam.tasks.context import TaskCancelled, TaskContext
 
@@ -25,7 +27,8 @@ class StackActionFailed(Exception):
 
 
 def run_stack(ctx: TaskContext) -> None:
-    engine = Engine(SqlStore(ctx.session_factory, fence=ctx.owned))
+    engine = Engine(SqlStore(ctx.session_factory, fence=ctx.owned), limits=Limits.from_settings(ctx.settings),
+                    services=Services(ctx.settings, ctx.session_factory))
     stack_id = ctx.resource_uuid
     cancelled = []
 

@@ -37,12 +37,12 @@ from typing import Callable
 from jeroboam.orchestration import resources as registry
 from jeroboam.orchestration.errors import StackConflict, StackNotFound, TemplateError
 from jeroboam.orchestration.graph import Graph, Walker
-from jeroboam.orchestration.resources.base import AttributeView, StackInfo
+from jeroboam.orchestration.resources.base import AttributeView, Services, StackInfo
 from jeroboam.orchestration.store import (
     COMPLETE, CREATE, DELETE, FAILED, IN_PROGRESS, INIT, ROLLBACK, STACK_TYPE, UPDATE,
     EventRecord, ResourceRecord, StackRecord, Store,
 )
-from jeroboam.orchestration.template import BoundTemplate, ResourceDefinition, Template
+from jeroboam.orchestration.template import DEFAULT_LIMITS, BoundTemplate, Limits, ResourceDefinition, Template
 
 DEFAULT_TIMEOUT_MINS = 60
 _FIRST_POLL = 0.01  # seconds; back-off doubles up to _MAX_POLL
@@ -100,10 +100,14 @@ def stack_view(store: Store, stack_id: str) -> StackView:
 
 class Engine:
     def __init__(self, store: Store, *, concurrency: int = 16, error_wait: float = 240.0,
-                 default_timeout_mins: int = DEFAULT_TIMEOUT_MINS):
+                 default_timeout_mins: int = DEFAULT_TIMEOUT_MINS, limits: Limits = DEFAULT_LIMITS,
+                 services: Services = Services()):
         """concurrency: worker threads for blocking handlers (waiting never holds one).
-        error_wait: after a failure, how long running resources may still finish."""
+        error_wait: after a failure, how long running resources may still finish.
+        services: what plugins may use of the service (settings, database)."""
         self.store = store
+        self.limits = limits
+        self.services = services
         self.concurrency = concurrency
         self.error_wait = error_wait
         self.default_timeout_mins = default_timeout_mins
@@ -111,14 +115,20 @@ class Engine:
     # ------------------------------------------------------------ request side
     def validate(self, template, parameters=None, *, stack_id="", stack_name="", project_id=None) -> BoundTemplate:
         """Parse and fully validate; raises TemplateError naming the place."""
-        return Template(template).bind(parameters, stack_id=stack_id, stack_name=stack_name, project_id=project_id)
+        return Template(template, self.limits).bind(parameters, stack_id=stack_id, stack_name=stack_name,
+                                                    project_id=project_id)
 
     def create_stack(self, name: str, template, parameters: dict | None = None, *, project_id: str | None = None,
                      timeout_mins: int | None = None, disable_rollback: bool = True,
-                     stack_id: str | None = None) -> StackRecord:
-        """Validate and store a new stack in CREATE_IN_PROGRESS; `run` then creates it."""
+                     stack_id: str | None = None,
+                     authorize: Callable[[BoundTemplate], None] | None = None) -> StackRecord:
+        """Validate and store a new stack in CREATE_IN_PROGRESS; `run` then creates it.
+
+        authorize(bound template) runs before anything is stored and may raise to refuse."""
         stack_id = stack_id or _new_id()
         bound = self.validate(template, parameters, stack_id=stack_id, stack_name=name, project_id=project_id)
+        if authorize is not None:
+            authorize(bound)
         now = _now()
         stack = StackRecord(
             id=stack_id, name=name, project_id=project_id, template=bound.template.raw,
@@ -129,21 +139,24 @@ class Engine:
         return stack
 
     def update_stack(self, stack_id: str, template=None, parameters: dict | None = None, *, existing: bool = True,
-                     timeout_mins: int | None = None, disable_rollback: bool | None = None) -> StackRecord:
+                     timeout_mins: int | None = None, disable_rollback: bool | None = None,
+                     authorize: Callable[[BoundTemplate], None] | None = None) -> StackRecord:
         """Validate and record an update (UPDATE_IN_PROGRESS); `run` then carries it out.
 
         existing: omitted template/parameters keep their current values (PATCH);
-        otherwise omitted parameters take their defaults (PUT).
+        otherwise omitted parameters take their defaults (PUT). authorize: as for create.
         """
         stack = self._live_stack(stack_id)
         if stack.status == IN_PROGRESS:
             raise StackConflict(f"stack {stack.name} is {stack.state}; wait for it or cancel it")
-        new = Template(template) if template is not None else Template(stack.template)
+        new = Template(stack.template if template is None else template, self.limits)
         values = dict(parameters or {})
         if existing:
             kept = {k: v for k, v in stack.parameters.items() if k in new.parameters}
             values = {**kept, **values}
-        new.bind(values, stack_id=stack.id, stack_name=stack.name, project_id=stack.project_id)
+        bound = new.bind(values, stack_id=stack.id, stack_name=stack.name, project_id=stack.project_id)
+        if authorize is not None:
+            authorize(bound)
         self._check_immutable(stack, new, values)
         stack.prev_template, stack.prev_parameters = stack.template, stack.parameters
         stack.template, stack.parameters = new.raw, values
@@ -269,7 +282,7 @@ class _Run:
         self.store = engine.store
         self.stack = stack
         self.action = stack.action
-        self.info = StackInfo(stack.id, stack.name, stack.project_id)
+        self.info = StackInfo(stack.id, stack.name, stack.project_id, engine.services)
         self.cancel = cancel
         self.records = {r.id: r for r in self.store.resources(stack.id)}
         self.current = {r.name: r for r in self.records.values() if r.replaced_by is None}
@@ -474,6 +487,14 @@ class _Run:
         existing = {n: r for n, r in self.current.items() if _parent(n) == rec.name}
         ref_names = {self.view.reference_id(n): n[len(prefix):] for n in existing}
         members, data = cls.members(rec.name, props, rec.data, updating, ref_names)
+        # a count from an attribute was not known when the template was validated
+        others = sum(1 for n, r in self.current.items() if _root(n) != _root(rec.name)
+                     and not getattr(registry.get(r.type), "composite", False))
+        if others + len(members) > self.engine.limits.max_resources:
+            self._set(rec, action, FAILED, f"{len(members)} members would exceed the stack's limit of "
+                      f"{self.engine.limits.max_resources} resources")
+            self._failed(action, rec.status_reason)
+            return on_done(False)
         # Member types were checked when the group's properties were validated.
         member_defs = {
             prefix + short: ResourceDefinition(
@@ -577,7 +598,7 @@ class _Run:
         rec.data = dict(plugin.data)
         self.dirty[rec.id] = rec
         if exc is not None:
-            self._set(rec, op.action, FAILED, _reason(rec.name, exc))
+            self._set(rec, op.action, FAILED, _reason(rec.name, exc, plugin))
             self._failed(op.action, rec.status_reason)
             return op.on_done(False)
         if done:
@@ -720,6 +741,7 @@ def _definition_changed(rec: ResourceRecord, defn: ResourceDefinition) -> bool:
             or rec.deletion_policy != defn.deletion_policy)
 
 
-def _reason(name: str, exc: Exception) -> str:
-    message = str(exc) if isinstance(exc, TemplateError) else f"resources.{name}: {exc}"
+def _reason(name: str, exc: Exception, plugin: registry.Resource | None = None) -> str:
+    text = plugin.failure_text(exc) if plugin is not None else str(exc)
+    message = text if isinstance(exc, TemplateError) else f"resources.{name}: {text}"
     return f"{type(exc).__name__}: {message}"

@@ -1,4 +1,4 @@
-"""The engine's store on the service database (SQLite or PostgreSQL).
+"""The engine's store on the service database (SQLite, PostgreSQL or MySQL/MariaDB).
 
 Each `save` is one transaction: the stack row, an upsert of every changed
 resource, deletes, and the new events, each as one executemany. With a
@@ -13,7 +13,7 @@ import dataclasses
 from typing import Callable
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,6 +28,17 @@ EVENTS = StackEvent.__table__
 _STACK_FIELDS = [f.name for f in dataclasses.fields(StackRecord) if f.name != "id"]
 _RESOURCE_FIELDS = [f.name for f in dataclasses.fields(ResourceRecord)]
 _INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+_UPDATED = [c.name for c in RESOURCES.columns if c.name != "id"]
+
+
+def _upsert(dialect: str):
+    """INSERT of resource rows that updates those whose id exists, in the database's own syntax."""
+    if dialect == "mysql":
+        insert = mysql.insert(RESOURCES)
+        return insert.on_duplicate_key_update({c: insert.inserted[c] for c in _UPDATED})
+    insert = _INSERTS[dialect](RESOURCES)
+    return insert.on_conflict_do_update(index_elements=[RESOURCES.c.id],
+                                        set_={c: insert.excluded[c] for c in _UPDATED})
 
 
 def _stack_row(rec: StackRecord) -> dict:
@@ -114,11 +125,7 @@ class SqlStore(Store):
                 row = _stack_row(stack)
                 session.execute(sa.update(STACKS).where(STACKS.c.uuid == stack.id).values(**row))
             if resources:
-                insert = _INSERTS[session.get_bind().dialect.name](RESOURCES)
-                upsert = insert.on_conflict_do_update(
-                    index_elements=[RESOURCES.c.id],
-                    set_={c.name: insert.excluded[c.name] for c in RESOURCES.columns if c.name != "id"})
-                session.execute(upsert, [_resource_row(r) for r in resources])
+                session.execute(_upsert(session.get_bind().dialect.name), [_resource_row(r) for r in resources])
             if removed:
                 ids = [r.id for r in removed]
                 for start in range(0, len(ids), 500):  # bounded IN lists

@@ -25,7 +25,26 @@ from jeroboam.orchestration.functions import (
 )
 from jeroboam.orchestration.graph import Graph
 
-MAX_TEMPLATE_BYTES = 512 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds of one stack, Heat's defaults unless the operator sets [orchestration]."""
+
+    max_resources: int = 1000  # a group counts as its members
+    max_template_bytes: int = 512 * 1024
+    max_depth: int = 5  # levels of members within members (a group of groups is 2)
+
+    @classmethod
+    def from_settings(cls, settings) -> "Limits":
+        if settings is None:
+            return cls()
+        return cls(int(settings.get("orchestration", "max_resources_per_stack")),
+                   int(settings.get("orchestration", "max_template_size")),
+                   int(settings.get("orchestration", "max_nested_stack_depth")))
+
+
+DEFAULT_LIMITS = Limits()
 
 VERSIONS = {
     "2013-05-23": "2013-05-23",
@@ -55,12 +74,13 @@ _Loader.yaml_implicit_resolvers = {
 }
 
 
-def load(source) -> dict:
+def load(source, max_bytes: int = DEFAULT_LIMITS.max_template_bytes) -> dict:
     """A template document from YAML/JSON text or a map, as plain JSON data."""
     if isinstance(source, (str, bytes)):
-        if len(source) > MAX_TEMPLATE_BYTES:
-            raise TemplateError("template", f"larger than {MAX_TEMPLATE_BYTES} bytes")
+        if len(source) > max_bytes:
+            raise TemplateError("template", f"larger than {max_bytes} bytes")
         try:
+            _refuse_aliases(source)
             source = yaml.load(source, Loader=_Loader)
         except yaml.YAMLError as exc:
             raise TemplateError("template", f"not valid YAML: {exc}") from None
@@ -69,9 +89,22 @@ def load(source) -> dict:
     try:
         # Normalises YAML-only types (integer map keys; dates, from a map a caller loaded with
         # a stock YAML loader) and refuses what JSON cannot hold.
-        return json.loads(json.dumps(source, default=_date_text))
+        text = json.dumps(source, default=_date_text)
     except (TypeError, ValueError) as exc:
         raise TemplateError("template", f"holds a value JSON cannot represent: {exc}") from None
+    if len(text) > max_bytes:
+        raise TemplateError("template", f"larger than {max_bytes} bytes")
+    return json.loads(text)
+
+
+def _refuse_aliases(source) -> None:
+    """Aliases let a few bytes expand to gigabytes ("billion laughs"); templates need none.
+    Only a text with a `*` can hold one, so most templates are parsed once."""
+    if ("*" if isinstance(source, str) else b"*") not in source:
+        return
+    for event in yaml.parse(source, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent):
+            raise TemplateError("template", "YAML aliases (*name) are not supported")
 
 
 def _date_text(value) -> str:
@@ -333,9 +366,10 @@ _TOP_KEYS = ("heat_template_version", "description", "parameter_groups", "parame
 class Template:
     """A parsed template, checked as far as possible without parameter values."""
 
-    def __init__(self, source):
-        raw = load(source)
+    def __init__(self, source, limits: Limits = DEFAULT_LIMITS):
+        raw = load(source, limits.max_template_bytes)
         self.raw = raw
+        self.limits = limits
         for key in raw:
             if key not in _TOP_KEYS:
                 raise TemplateError(key, "unknown top-level key")
@@ -484,14 +518,37 @@ class BoundTemplate:
                                 + "; ".join(", ".join(c) for c in cycles))
 
         ctx = _ValidationContext(self)
+        # Every definition, group members' too, with its properties as validation resolved
+        # them (DEFERRED where they depend on attributes): what policy and access checks see.
+        self.definitions: list[tuple[str, str, dict]] = []
+        total = 0
         for name, defn in self.resources.items():
-            if defn.plugin.properties_schema is None:
-                continue  # never resolved (OS::Heat::None); its references still made edges
             path = f"resources.{name}"
-            props = ctx.resolve(defn.properties, f"{path}.properties")
-            defn.plugin.validate_properties(props, f"{path}.properties", partial=True)
-            if not isinstance(ctx.resolve(defn.metadata, f"{path}.metadata"), dict):
-                raise TemplateError(f"{path}.metadata", "must resolve to a map")
+            props = {}
+            if defn.plugin.properties_schema is not None:  # else never resolved (OS::Heat::None)
+                props = ctx.resolve(defn.properties, f"{path}.properties")
+                props = defn.plugin.validate_properties(props, f"{path}.properties", partial=True)
+                if not isinstance(ctx.resolve(defn.metadata, f"{path}.metadata"), dict):
+                    raise TemplateError(f"{path}.metadata", "must resolve to a map")
+            total += self._walk(path, defn.type, defn.plugin, props, 0)
+        if total > template.limits.max_resources:
+            raise TemplateError("resources", f"{total} resources (group members included); "
+                                f"a stack may have at most {template.limits.max_resources}")
+
+    def _walk(self, path: str, type_name: str, plugin, props: dict, depth: int) -> int:
+        """Record the definition and its members'; how many resources they make."""
+        if plugin is None:
+            raise TemplateError(f"{path}.type", f'unknown resource type "{type_name}"')
+        if depth > self.template.limits.max_depth:
+            raise TemplateError(path, f"members nested more than {self.template.limits.max_depth} levels deep")
+        self.definitions.append((path, type_name, props))
+        total = 0 if plugin.composite else 1  # a group counts as its members (1000 fit, as in Heat)
+        for suffix, member_type, member_props, count in plugin.nested(props):
+            # a count not known yet is checked when the group makes its members
+            each = self._walk(f"{path}.properties{suffix}", member_type, registry.get(member_type),
+                              member_props, depth + 1)
+            total += each * (1 if count is None else count)
+        return total
 
     # -- reference checks shared by validation and runtime resolution
     def check_reference(self, name: str, path: str) -> None:

@@ -1,7 +1,7 @@
 """The durable work queue: tasks are rows, claimed with a lease that heartbeats extend.
 
-Claiming is a compare-and-set UPDATE, correct on any database; on PostgreSQL
-the candidate SELECT adds FOR UPDATE SKIP LOCKED so that many workers claim at
+Claiming is a compare-and-set UPDATE, correct on any database; where the database
+has them (PostgreSQL, MySQL 8, MariaDB 10.6) the candidate SELECT adds FOR UPDATE SKIP LOCKED so that many workers claim at
 once without waiting on each other. A task is only claimable when no earlier
 unfinished task exists for the same resource: work on one cluster runs in order.
 """
@@ -59,7 +59,7 @@ def cancel_unfinished(session: Session, resource_uuid: str, reason: str) -> None
             session.add(TaskEvent(task_id=task.id, message=reason))
 
 
-def claim(session_factory, worker: str, lease_seconds: float, postgres: bool, batch: int = 4) -> Task | None:
+def claim(session_factory, worker: str, lease_seconds: float, row_locks: bool, batch: int = 4) -> Task | None:
     now = utcnow()
     earlier = aliased(Task)
     blocked_by_earlier = (
@@ -73,7 +73,7 @@ def claim(session_factory, worker: str, lease_seconds: float, postgres: bool, ba
         sa.and_(Task.state == states.RUNNING, Task.lease_expires_at < now),
     )
     candidates = sa.select(Task.id).where(claimable, ~blocked_by_earlier).order_by(Task.id).limit(batch)
-    if postgres:
+    if row_locks:
         candidates = candidates.with_for_update(skip_locked=True, of=Task)
     with session_factory() as session, session.begin():
         for task_id in session.scalars(candidates).all():

@@ -4,14 +4,15 @@ their leases (and the worker's `mservices` record) alive."""
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
+import time
 import traceback
 
 import sqlalchemy as sa
 
-from jeroboam.db.base import is_postgres, utcnow
+from jeroboam import states
+from jeroboam.db.base import locks_rows, utcnow
 from jeroboam.db.models import Service, Task
 from jeroboam.drivers import Registry
 from jeroboam.tasks import queue, registry
@@ -21,8 +22,13 @@ LOG = logging.getLogger("jeroboam.worker")
 BINARY = "jeroboam-worker"
 
 
+class NameInUse(RuntimeError):
+    """Another live worker heartbeats under the name this one was to take."""
+
+
 def default_worker_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    # Stable across restarts, so that a restarted worker keeps its mservices record.
+    return socket.gethostname()
 
 
 class Worker:
@@ -34,7 +40,7 @@ class Worker:
         self.threads = int(settings.get("worker", "threads"))
         self.lease = float(settings.get("worker", "lease_seconds"))
         self.poll = float(settings.get("worker", "poll_interval"))
-        self.postgres = is_postgres(engine)
+        self.row_locks = locks_rows(engine)
         self._stop = threading.Event()
         self._claiming = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -58,13 +64,40 @@ class Worker:
         queue.work_available.set()
         for thread in self._threads:
             thread.join(timeout)
+        try:
+            with self.session_factory() as session, session.begin():
+                # Down at once in mservices, and the name free for a restart without waiting.
+                session.execute(sa.update(Service).where(Service.host == self.name, Service.binary == BINARY)
+                                .values(last_seen_at=None))
+        except Exception:  # stopping goes on; the record then goes down when its heartbeat ages
+            LOG.exception("could not mark worker %s stopped", self.name)
 
     def _spawn(self, target, label: str) -> None:
         thread = threading.Thread(target=target, name=f"{self.name}-{label}", daemon=True)
         thread.start()
         self._threads.append(thread)
 
+    def _last_seen(self):
+        with self.session_factory() as session:
+            return session.scalar(sa.select(Service.last_seen_at)
+                                  .where(Service.host == self.name, Service.binary == BINARY))
+
     def _register(self) -> None:
+        """Take this worker's name, keeping its mservices record from an earlier run.
+
+        A record heartbeated less than a lease ago may belong to a live worker of the same
+        name, or to this one's predecessor that was killed: wait until it is a lease old
+        (dead, its tasks up for takeover) or moves (alive: refuse, two workers must not
+        share a name since leases are held by name)."""
+        seen = self._last_seen()
+        while seen is not None and (utcnow() - seen).total_seconds() < self.lease:
+            LOG.info("worker name %s was heartbeated %.1f s ago; waiting for it to go silent", self.name,
+                     (utcnow() - seen).total_seconds())
+            time.sleep(min(1.0, self.lease / 3))
+            latest = self._last_seen()
+            if latest is not None and latest != seen:
+                raise NameInUse(f"worker name {self.name!r} is in use by a live worker; give this one --name")
+            seen = latest  # None: it stopped cleanly meanwhile, the name is free
         with self.session_factory() as session, session.begin():
             service = session.scalars(
                 sa.select(Service).where(Service.host == self.name, Service.binary == BINARY)).first()
@@ -72,6 +105,10 @@ class Worker:
                 session.add(Service(host=self.name, binary=BINARY, report_count=1, last_seen_at=utcnow()))
             else:
                 service.last_seen_at = utcnow()
+            # Tasks a predecessor of this name held are not running anywhere: free them now,
+            # before this worker's heartbeat would extend their leases.
+            session.execute(sa.update(Task).where(Task.worker == self.name, Task.state == states.RUNNING)
+                            .values(lease_expires_at=utcnow()))
 
     # -- loops ------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
@@ -102,7 +139,7 @@ class Worker:
             # interval, not once per thread, and the API processes beside it keep the CPU.
             with self._claiming:
                 try:
-                    task = queue.claim(self.session_factory, self.name, self.lease, self.postgres)
+                    task = queue.claim(self.session_factory, self.name, self.lease, self.row_locks)
                 except Exception:
                     LOG.exception("claim failed")
                     task = None
@@ -134,7 +171,7 @@ class Worker:
 
     def _end(self, task_id: int, event: str, reason: str | None = None, detail: dict | None = None) -> None:
         with self.session_factory() as session, session.begin():
-            task = session.get(Task, task_id, with_for_update=self.postgres)
+            task = session.get(Task, task_id, with_for_update=self.row_locks)
             if task.worker != self.name:
                 return
             queue.finish(session, task, event, reason, detail)

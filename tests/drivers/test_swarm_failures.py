@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from jeroboam.drivers.swarm import stack_id_of
+from jeroboam.drivers.nodes import node_key
+from jeroboam.infra.local.resources import scoped
 from tests.drivers.conftest import delete_cluster, wait_for, wait_status
 
 
@@ -32,7 +34,7 @@ def new_cluster(magnum):
 
 
 def nodes_of(service, cluster_uuid: str):
-    return [n for n in service.provider.nodes() if n.node_id.startswith(cluster_uuid)]
+    return [n for n in service.provider.nodes() if node_key(n) and node_key(n)[0] == cluster_uuid]
 
 
 def test_a_failing_step_names_itself_and_leaves_nothing(service, magnum, new_cluster):
@@ -45,10 +47,15 @@ def test_a_failing_step_names_itself_and_leaves_nothing(service, magnum, new_clu
     steps = {s["name"]: s for s in task["steps"]}
     assert steps["start nodes"]["state"] == "FAILED" and steps["form swarm"]["state"] == "PENDING"
     assert "must be in" in steps["start nodes"]["error"]
+    # the project reads where the images are, not where the service keeps its state
+    assert "<data_dir>/local/images" in failed.status_reason
+    stack_events = service.api().get(f"/v1/stacks/{stack_id_of(cluster)}/events").text
+    for text in (failed.status_reason, steps["start nodes"]["error"], stack_events):
+        assert str(service.data) not in text
 
     delete_cluster(magnum, cluster)
     assert not nodes_of(service, cluster)
-    assert service.provider.get_network(cluster) is None
+    assert service.provider.get_network(scoped(stack_id_of(cluster), cluster)) is None
     assert service.api().get(f"/v1/stacks/{stack_id_of(cluster)}").status_code == 404
 
 

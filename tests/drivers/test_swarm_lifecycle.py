@@ -17,9 +17,12 @@ import requests
 from magnumclient.common import utils as magnum_utils
 
 from jeroboam.drivers.swarm import CONVERGE_STEPS, CREATE_STEPS
+from jeroboam.drivers.nodes import node_key
 from jeroboam.infra.local import BASE_IMAGE, tls_client
 from jeroboam.pki import KeyPair, issue_client_cert, new_ca
 from tests.drivers.conftest import delete_cluster, host_snapshot, wait_for, wait_gone, wait_status
+from tests.orchestration.test_stacks_api import wait_stack
+from tests.support import Api
 
 OPENSTACK = str(Path(sys.executable).with_name("openstack"))
 
@@ -44,7 +47,7 @@ def no_ca_bundle(monkeypatch):
 
 
 def nodes_of(service, cluster_uuid: str):
-    return sorted((n for n in service.provider.nodes() if n.node_id.startswith(cluster_uuid)),
+    return sorted((n for n in service.provider.nodes() if node_key(n) and node_key(n)[0] == cluster_uuid),
                   key=lambda n: n.hostname)
 
 
@@ -93,6 +96,45 @@ def test_create_builds_a_swarm(service, magnum, cluster):
         "life-master-0": ("manager", "ready"), "life-node-0": ("worker", "ready")}
     assert {n["Description"]["Engine"]["EngineVersion"] for n in members.values()} == {
         done.coe_version}
+
+
+def test_a_stack_of_the_project_runs_a_container_on_its_cluster(service, cluster):
+    api = service.api()
+    template = {"heat_template_version": "2018-08-31", "resources": {"c": {
+        "type": "DockerInc::Docker::Container",
+        "properties": {"cluster": "life", "image": BASE_IMAGE, "cmd": ["sleep", "600"]}}}}
+    r = api.post("/v1/stacks", json={"stack_name": "on-life", "template": template})
+    assert r.status_code == 202, r.text
+    stack_id = r.json()["stack"]["id"]
+    stack = wait_stack(api, stack_id, {"CREATE_COMPLETE", "CREATE_FAILED"}, timeout=60)
+    assert stack["stack_status"] == "CREATE_COMPLETE", stack
+    container = api.get(f"/v1/stacks/{stack_id}/resources/c").json()["resource"]
+    manager = next(n for n in nodes_of(service, cluster) if "-master-" in n.hostname)
+    with closing(manager.client()) as client:
+        assert client.containers.get(container["physical_resource_id"]).status == "running"
+
+    # another project may not name the cluster, by name or uuid
+    other = Api(service.url, project="p-intruder", user="u-intruder")
+    for ident in ("life", cluster):
+        template["resources"]["c"]["properties"]["cluster"] = ident
+        r = other.post("/v1/stacks", json={"stack_name": "intrude", "template": template})
+        assert r.status_code == 400 and "could not be found in this project" in r.text, r.text
+
+    # what the project sees of its stacks names no host path and no private key
+    cluster_stack = api.get(f"/v1/clusters/{cluster}").json()["cluster_id"]
+    shown = [api.get(f"/v1/stacks/{s}").text for s in (stack_id, cluster_stack)]
+    for s in (stack_id, cluster_stack):
+        for res in api.get(f"/v1/stacks/{s}/resources?nested_depth=1").json()["resources"]:
+            shown.append(api.get(f"/v1/stacks/{s}/resources/{res['resource_name']}").text)
+        shown.append(api.get(f"/v1/stacks/{s}/events").text)
+    assert len(shown) > 6
+    for text in shown:
+        assert str(service.data) not in text and "PRIVATE KEY" not in text and ".sock" not in text
+
+    assert api.delete(f"/v1/stacks/{stack_id}").status_code == 204
+    wait_stack(api, stack_id, {"GONE"}, timeout=60)
+    with closing(manager.client()) as client:
+        assert not client.containers.list(all=True, filters={"id": container["physical_resource_id"]})
 
 
 def test_resize_1_3_1_with_a_service_through_cluster_config(service, magnum, cluster, tmp_path,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from jeroboam.infra.local import NodeSpec
+from jeroboam.drivers.nodes import node_key
 from jeroboam.pki import new_ca
 from tests.drivers.conftest import (close_service, delete_cluster, new_service, wait_for,
                                     wait_gone, wait_status)
@@ -49,7 +50,7 @@ def cluster(service, magnum):
 
 
 def nodes_of(service, cluster_uuid: str):
-    return [n for n in service.provider.nodes() if n.node_id.startswith(cluster_uuid)]
+    return [n for n in service.provider.nodes() if node_key(n) and node_key(n)[0] == cluster_uuid]
 
 
 def ready_members(node) -> list[str]:

@@ -98,6 +98,14 @@ def test_restart_until_stopped(node):
     assert json.loads(Path(node.state_dir, "proc", "flaky.exit").read_text())["status"] == 3
 
 
+def test_a_process_that_exited_can_be_started_again(node):
+    first = node.start_process(ProcessSpec("once", ("sh", "-c", "sleep 0.2")))
+    wait_until(lambda: node.process_pid("once") is None, 10, "exited")
+    second = node.start_process(ProcessSpec("once", ("sleep", "600")))
+    assert second != first and node.process_pid("once") == second
+    node.stop_process("once")
+
+
 def test_a_bad_process_is_an_error_naming_it(node):
     with pytest.raises(InfraError, match="start nope.*No such file"):
         node.start_process(ProcessSpec("nope", ("/no/such/binary",)))

@@ -1,4 +1,5 @@
-"""DockerInc::Docker::Container against a real dockerd (a local-provider node, TLS on tcp://IP:2376)."""
+"""DockerInc::Docker::Container against a real dockerd (a local-provider node, TLS on tcp://IP:2376),
+named as an endpoint the operator allows ([orchestration] docker_endpoints)."""
 
 import os
 import shutil
@@ -7,9 +8,9 @@ from contextlib import closing
 
 import pytest
 
-from jeroboam import pki
+from jeroboam import config, pki
 from jeroboam.orchestration.engine import Engine
-from jeroboam.orchestration.resources.base import StackInfo
+from jeroboam.orchestration.resources.base import Services, StackInfo
 from jeroboam.orchestration.resources.docker import RECORD_LABEL, DockerContainer
 from jeroboam.orchestration.store import MemoryStore
 
@@ -39,6 +40,12 @@ def node():
         shutil.rmtree(state, ignore_errors=True)
 
 
+def allowing(node) -> Services:
+    """The service's settings with the node's endpoint on the allow-list."""
+    return Services(config.load(overrides={("orchestration", "docker_endpoints"): node[0].api_address},
+                                environ={}))
+
+
 def container(node, **props):
     info, ca, client = node
     return {"type": "DockerInc::Docker::Container", "properties": {
@@ -54,7 +61,7 @@ def containers(node) -> list:
 
 def test_container_lifecycle_over_tls(node):
     store = MemoryStore()
-    engine = Engine(store)
+    engine = Engine(store, services=allowing(node))
     template = hot({"web": container(node, env=["ROLE=web"], labels={"tier": "front"})}, outputs={
         "id": {"value": {"get_attr": ["web", "id"]}},
         "ip": {"value": {"get_attr": ["web", "network_ip"]}},
@@ -83,7 +90,7 @@ def test_container_lifecycle_over_tls(node):
 
 def test_a_retried_create_finds_the_container_of_the_first_attempt(node):
     props = DockerContainer.validate_properties(container(node)["properties"], "p")
-    stack = StackInfo("sid-retry", "retry", None)
+    stack = StackInfo("sid-retry", "retry", None, allowing(node))
     first = DockerContainer("c", "rec-1", props, {}, None, stack)
     container_id = first.create()
     # The worker died before recording the id: another one calls create again.
@@ -96,9 +103,11 @@ def test_a_retried_create_finds_the_container_of_the_first_attempt(node):
 
 
 def test_a_container_that_exits_with_an_error_fails_the_create(node):
-    stack = run_create(Engine(MemoryStore()), hot({"bad": container(node, cmd=["sh", "-c", "echo boom; exit 3"])}))
+    stack = run_create(Engine(MemoryStore(), services=allowing(node)),
+                       hot({"bad": container(node, cmd=["sh", "-c", "echo boom; exit 3"])}))
     assert stack.state == "CREATE_FAILED"
-    assert "exited with code 3" in stack.status_reason and "boom" in stack.status_reason
+    # the exit code, never what the container (or the endpoint) said
+    assert "exited with code 3" in stack.status_reason and "boom" not in stack.status_reason
     for leftover in containers(node):
         leftover.remove(force=True)
 
@@ -107,7 +116,31 @@ def test_tls_without_the_client_certificate_is_refused(node):
     info, ca, _ = node
     template = hot({"web": {"type": "DockerInc::Docker::Container", "properties": {
         "docker_endpoint": info.api_address, "tls_ca_cert": ca.cert_pem, "image": "busybox:latest"}}})
-    stack = run_create(Engine(MemoryStore()), template)
+    stack = run_create(Engine(MemoryStore(), services=allowing(node)), template)
     assert stack.state == "CREATE_FAILED"
-    assert "resources.web" in stack.status_reason
+    assert stack.status_reason.endswith("resources.web: cannot connect to the Docker endpoint"), stack.status_reason
     assert containers(node) == []
+
+
+def test_an_endpoint_off_the_allow_list_is_refused_when_the_worker_runs_it(node):
+    # the API checks before storing; the worker checks again (the list may have changed since)
+    stack = run_create(Engine(MemoryStore()), hot({"web": container(node)}))
+    assert stack.state == "CREATE_FAILED"
+    assert "not an endpoint the operator allows" in stack.status_reason
+    assert containers(node) == []
+
+
+def test_a_container_whose_cluster_is_gone_counts_as_deleted(tmp_path):
+    # a project deleted its cluster (and the containers on it) before the stack naming it
+    from jeroboam.db.base import make_engine, make_sessionmaker
+    from jeroboam.db.migrate import upgrade
+
+    db = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    upgrade(db)
+    services = Services(config.load(environ={}), make_sessionmaker(db))
+    props = DockerContainer.validate_properties({"cluster": "gone", "image": "busybox"}, "p")
+    orphan = DockerContainer("c", "rec-1", props, {}, "0123abcd", StackInfo("sid", "s", "p-a", services))
+    orphan.delete()
+    assert orphan.check_delete_complete()
+    with pytest.raises(Exception, match="cluster gone could not be found in this project"):
+        DockerContainer("c", "rec-2", props, {}, None, StackInfo("sid", "s", "p-a", services)).create()

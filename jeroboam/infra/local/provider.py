@@ -170,7 +170,12 @@ class NodeInfo(Node):
 
     def attributes(self) -> dict:
         return {"name": self.name, "hostname": self.hostname, "address": self.address,
-                "api_address": self.api_address, "mac": self.mac, "socket": self.socket_path}
+                "api_address": self.api_address, "mac": self.mac}
+
+
+def scoped(stack_id: str, ident: str) -> str:
+    """The provider's id of a stack's network or node: ids a template chose, within its stack."""
+    return f"{stack_id}/{ident}"
 
 
 def _digest(kind: str, ident: str) -> str:
@@ -195,6 +200,7 @@ class LocalProvider(Provider):
     server_type = "local"
     network_type = NETWORK_TYPE
     node_type = NODE_TYPE
+    scoped = staticmethod(scoped)
 
     def __init__(self, state_dir: str = DEFAULT_STATE_DIR, *, prefix: str = "jb",
                  address_pools: tuple[str, ...] | None = None, storage_driver: str = "vfs",

@@ -4,8 +4,12 @@
 Both act through the process's :class:`LocalProvider`, set up from the service settings by
 :func:`configure` (the swarm driver calls it when a worker starts): where the provider keeps
 its state is an operator's choice, never a template's. Physical ids are the provider's names,
-derived from ``network_id`` / ``node_id``, so a create retried after a crash finds what the
-first attempt made.
+derived from ``network_id`` / ``node_id`` within the owning stack's id (:func:`scoped`), so a
+create retried after a crash finds what the first attempt made, and no stack names, adopts or
+deletes another's network or node. Addresses come from the provider's pools only.
+
+Both types are for cluster drivers and admins (not ``tenant_safe``): a node is a root dockerd
+on the host.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from jeroboam.pki import KeyPair
 
 from .host import InfraError, InfraTimeout
 from .images import ImageTarball, ensure_images
-from .provider import NETWORK_TYPE, NODE_TYPE, LocalProvider, NodeSpec
+from .provider import NETWORK_TYPE, NODE_TYPE, LocalProvider, NodeSpec, scoped
 
 # Bounds of a node's start (or restart) and delete, counted across retries (wall clock, kept
 # in the resource's data): the provider's checks alone would wait forever on a hung dockerd.
@@ -83,17 +87,25 @@ def _deadline(data: dict, key: str, timeout: float, step: str, what: str) -> Non
         raise InfraTimeout(step, f"{what}: not done after {timeout:g} s")
 
 
-class Network(Resource):
+class _LocalResource(Resource):
+    # the provider acting for these resources, and how its state directory is shown
+    # (subclasses for other providers override both)
+    provider = staticmethod(current)
+    state_label = "<data_dir>/local"
+
+    def failure_text(self, exc):
+        # where the provider keeps its state is the operator's business, not the stack's project's
+        return str(exc).replace(str(self.provider().state_dir), self.state_label)
+
+
+class Network(_LocalResource):
     """A bridge with its own /24 (the host holds .1); nodes attach to it."""
 
     type_name = NETWORK_TYPE
-    # the provider acting for these resources (subclasses for other providers override it)
-    provider = staticmethod(current)
     properties_schema = {
         "type": "object", "additionalProperties": False, "required": ["network_id"],
         "properties": {
-            "network_id": {"type": "string", "minLength": 1},
-            "subnet": {"type": "string", "description": "a /24 to use instead of a free one"},
+            "network_id": {"type": "string", "minLength": 1, "description": "unique within the stack"},
         },
     }
     attributes_schema = {
@@ -101,31 +113,33 @@ class Network(Resource):
         "subnet": "The network's subnet.", "gateway": "The host's address on it.",
     }
 
+    def _id(self) -> str:
+        return scoped(self.stack.id, self.properties["network_id"])
+
     def create(self):
-        return self.provider().create_network(self.properties["network_id"],
-                                              self.properties.get("subnet")).name
+        return self.provider().create_network(self._id()).name
 
     def delete(self):
         provider = self.provider()
-        if provider.get_network(self.properties["network_id"]) is not None:
-            provider.delete_network(self.properties["network_id"])
+        if provider.get_network(self._id()) is not None:
+            provider.delete_network(self._id())
 
     def check_delete_complete(self):
-        return self.provider().network_deleted(self.properties["network_id"])
+        return self.provider().network_deleted(self._id())
 
     def get_attributes(self):
-        info = self.provider().get_network(self.properties["network_id"])
-        return {"name": info.name, "network_id": info.network_id, "subnet": info.subnet,
+        info = self.provider().get_network(self._id())
+        # network_id as the template knows it: nodes of the same stack name it so
+        return {"name": info.name, "network_id": self.properties["network_id"], "subnet": info.subnet,
                 "gateway": info.gateway}
 
 
-class Node(Resource):
+class Node(_LocalResource):
     """A node: network namespace plus its own dockerd serving TLS with a certificate from
     ``ca_cert``/``ca_key``. A CA change restarts dockerd with a certificate from the new CA;
     an ``images`` change imports the new tarballs; other changes replace the node."""
 
     type_name = NODE_TYPE
-    provider = staticmethod(current)
     start_timeout = START_TIMEOUT
     delete_timeout = DELETE_TIMEOUT
     poll = POLL
@@ -133,8 +147,8 @@ class Node(Resource):
         "type": "object", "additionalProperties": False,
         "required": ["node_id", "network", "ca_cert", "ca_key"],
         "properties": {
-            "node_id": {"type": "string", "minLength": 1},
-            "network": {"type": "string", "minLength": 1, "description": "a network_id"},
+            "node_id": {"type": "string", "minLength": 1, "description": "unique within the stack"},
+            "network": {"type": "string", "minLength": 1, "description": "a network_id of the stack"},
             "hostname": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9-]{0,62}$"},
             "ca_cert": {"type": "string", "update_allowed": True},
             "ca_key": {"type": "string", "update_allowed": True},
@@ -148,11 +162,12 @@ class Node(Resource):
     attributes_schema = {
         "name": "The node's name (netns, cgroup parent).", "hostname": "The node's hostname.",
         "address": "The node's IP address.", "api_address": "tcp://address:2376 (TLS).",
-        "mac": "The MAC address of its eth0.", "socket": "The dockerd's unix socket on the host.",
+        "mac": "The MAC address of its eth0.",
     }
 
     def _name(self) -> str:
-        return self.physical_id or self.provider().node_name(self.properties["node_id"])
+        return self.physical_id or \
+            self.provider().node_name(scoped(self.stack.id, self.properties["node_id"]))
 
     def _ca(self) -> KeyPair:
         return KeyPair(self.properties["ca_cert"], self.properties["ca_key"])
@@ -164,7 +179,8 @@ class Node(Resource):
     def create(self):
         props = self.properties
         self.data.pop("started", None)
-        spec = NodeSpec(props["node_id"], props["network"], props.get("hostname"), self._images())
+        spec = NodeSpec(scoped(self.stack.id, props["node_id"]), scoped(self.stack.id, props["network"]),
+                        props.get("hostname"), self._images())
         return self.provider().create_node(spec, self._ca()).name
 
     def _started(self, key: str) -> bool:

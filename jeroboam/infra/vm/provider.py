@@ -60,7 +60,8 @@ from jeroboam.infra.local.clients import tls_client
 from jeroboam.infra.local.host import InfraError, InfraTimeout, wait_until
 from jeroboam.infra.local.images import BASE_IMAGE, ImageTarball, build_busybox_tar, \
     ensure_images
-from jeroboam.infra.local.provider import NodeSpec, _read_json, _write_json, _write_private
+from jeroboam.infra.local.provider import NodeSpec, _read_json, _write_json, _write_private, \
+    scoped
 from jeroboam.pki import KeyPair, issue_client_cert, issue_server_cert
 
 LOG = logging.getLogger(__name__)
@@ -141,13 +142,16 @@ class VmNode(Node):
         # timeouts (meant for those) get a floor here
         if self.provider.acceleration()["accel"] == "tcg":
             timeout = max(timeout, TCG_CLIENT_TIMEOUT)
+        return self._client(timeout)
+
+    def _client(self, timeout: float) -> docker.DockerClient:
         return tls_client(self.api_address, self._tls("ca.pem"),
                           KeyPair(self._tls("client-cert.pem"), self._tls("client-key.pem")),
                           timeout)
 
     def ping(self) -> bool:
         try:
-            with closing(self.client(timeout=5)) as client:  # a TLS handshake under TCG
+            with closing(self._client(timeout=5)) as client:  # a TLS handshake under TCG
                 return client.ping()
         except Exception:  # noqa: BLE001 (a ping never raises)
             return False
@@ -226,6 +230,7 @@ class VmProvider(Provider):
     server_type = "vm"
     network_type = NETWORK_TYPE
     node_type = NODE_TYPE
+    scoped = staticmethod(scoped)
 
     def __init__(self, state_dir: str = DEFAULT_STATE_DIR, *, prefix: str = "jv",
                  images_dir: str = DEFAULT_IMAGES, address_pools: tuple[str, ...] | None = None,

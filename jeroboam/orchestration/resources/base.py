@@ -32,10 +32,20 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class Services:
+    """What the service lends plugins: its settings and its database. Both None when the
+    engine runs alone (tests on a MemoryStore); a plugin that needs them then refuses."""
+
+    settings: object = None
+    session_factory: object = None
+
+
+@dataclass(frozen=True)
 class StackInfo:
     id: str
     name: str
     project_id: str | None
+    services: Services = Services()
 
 
 class AttributeView:
@@ -63,6 +73,10 @@ class Resource:
     # Members are resources of their own that the engine creates, updates and
     # deletes (OS::Heat::ResourceGroup); see `members`.
     composite: ClassVar[bool] = False
+    # Safe in any project's template. Other types (a provider's: root dockerds, host bridges)
+    # are for cluster drivers, which run stacks without the API, and for admins: the default
+    # `resource_types:<type>` policy rule of a type follows this flag.
+    tenant_safe: ClassVar[bool] = False
 
     def __init__(self, name: str, record_id: str, properties: dict, data: dict,
                  physical_id: str | None, stack: StackInfo):
@@ -102,6 +116,11 @@ class Resource:
         """A name unique to this record, stable across retries: stack-resource-recordid."""
         raw = f"{self.stack.name}-{self.name}-{self.record_id.replace('-', '')[:12]}"
         return re.sub(r"[^A-Za-z0-9_.-]", "-", raw).lstrip("-_.") or self.record_id
+
+    def failure_text(self, exc: Exception) -> str:
+        """A handler's failure as the resource's status reason, which the stack's project
+        reads: a plugin leaves out here what must stay with the operator (host paths)."""
+        return str(exc)
 
     # ---- class-level behaviour
     @classmethod
@@ -151,6 +170,17 @@ class Resource:
     @classmethod
     def all_attributes(cls, view: AttributeView, record: "ResourceRecord") -> dict:
         return dict(record.attributes or {})
+
+    @classmethod
+    def check_access(cls, props: dict, path: str, services: Services, session, project_id: str | None) -> None:
+        """Raise TemplateError when a stack of ``project_id`` may not have a resource with
+        these (validated) properties: the API asks before it stores a tenant's stack."""
+
+    @classmethod
+    def nested(cls, props: dict) -> list[tuple[str, str, dict, int | None]]:
+        """Definitions a composite makes from its properties, for policy and limits:
+        (path suffix, type, member properties, how many; None when not yet known)."""
+        return []
 
     @classmethod
     def members(cls, name: str, properties: dict, data: dict, updating: bool, ref_names: dict):

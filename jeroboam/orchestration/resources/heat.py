@@ -17,6 +17,7 @@ class NoneResource(Resource):
     """Does nothing; accepts any properties and never resolves them."""
 
     type_name = "OS::Heat::None"
+    tenant_safe = True
     properties_schema = None
     blocking = False
     ignores_changes = True
@@ -41,6 +42,7 @@ class RandomString(Resource):
     """A random string; its reference id and `value` attribute. Any change replaces it."""
 
     type_name = "OS::Heat::RandomString"
+    tenant_safe = True
     blocking = False
     properties_schema = {
         "type": "object",
@@ -97,6 +99,7 @@ class TestResource(Resource):
     """
 
     type_name = "OS::Heat::TestResource"
+    tenant_safe = True
     blocking = False
     _SECS = {"type": "number", "minimum": 0}
     properties_schema = {
@@ -169,6 +172,7 @@ class ResourceGroup(Resource):
     """
 
     type_name = "OS::Heat::ResourceGroup"
+    tenant_safe = True
     blocking = False
     composite = True
     properties_schema = {
@@ -205,6 +209,9 @@ class ResourceGroup(Resource):
     def validate_properties(cls, props, path, partial=False):
         props = super().validate_properties(props, path, partial)
         definition = props.get("resource_def")
+        if isinstance(definition, dict) and has_deferred(definition.get("type")):
+            # the member type decides what the caller may do: known before anything is stored
+            raise TemplateError(f"{path}.resource_def.type", "cannot depend on another resource's attributes")
         if not isinstance(definition, dict) or has_deferred(definition):
             return props
         member_type = registry.get(definition["type"])
@@ -214,6 +221,18 @@ class ResourceGroup(Resource):
             member_props = _substitute(definition.get("properties") or {}, props["index_var"], "0")
             member_type.validate_properties(member_props, f"{path}.resource_def.properties", partial)
         return props
+
+    @classmethod
+    def nested(cls, props):
+        definition = props.get("resource_def")
+        if not isinstance(definition, dict) or not isinstance(definition.get("type"), str):
+            return []
+        count = props.get("count")
+        member_props = _substitute(definition.get("properties") or {}, props["index_var"], "0")
+        member = registry.get(definition["type"])
+        if member is not None:  # with its defaults (validation found no error in it)
+            member_props = member.validate_properties(member_props, "resource_def.properties", partial=True)
+        return [(".resource_def", definition["type"], member_props, count if isinstance(count, int) else None)]
 
     @classmethod
     def has_attribute(cls, attr, properties):

@@ -3,12 +3,24 @@
 It exists so that the task machinery, the state machine and the API can be
 tested before and apart from real drivers. Cluster labels steer it:
 `test_delay` (seconds per step), `test_fail` (a step to fail),
-`test_marker` (a file each executed step appends its name to).
+`test_marker` (a file each executed step appends its name to), `test_stack` (the cluster's
+stack is a real one, made through the engine as real drivers make theirs, holding the CA).
 """
 
 import time
+import uuid
 
 from jeroboam.drivers import Driver
+from jeroboam.orchestration.engine import Engine
+from jeroboam.orchestration.errors import StackNotFound
+from jeroboam.orchestration.sql_store import SqlStore
+
+STACK_TEMPLATE = {
+    "heat_template_version": "2018-08-31",
+    "parameters": {"ca_cert": {"type": "string"}, "ca_key": {"type": "string", "hidden": True}},
+    "resources": {"nodes": {"type": "OS::Heat::None", "properties": {"key": {"get_param": "ca_key"}}}},
+    "outputs": {"ca_cert": {"value": {"get_param": "ca_cert"}}},
+}
 
 
 class TestDriver(Driver):
@@ -35,7 +47,21 @@ class TestDriver(Driver):
         for group in ctx.nodegroups():
             base = 10 if group.role == "master" else 100
             ctx.update_nodegroup(group.uuid, node_addresses=[f"192.0.2.{base + i}" for i in range(group.node_count)])
-        ctx.update_cluster(api_address="tcp://192.0.2.10:2376", coe_version="test-1", stack_id=f"stack-{ctx.cluster_uuid}")
+        stack_id = self._stack(ctx) if ctx.cluster.labels.get("test_stack") else f"stack-{ctx.cluster_uuid}"
+        ctx.update_cluster(api_address="tcp://192.0.2.10:2376", coe_version="test-1", stack_id=stack_id)
+
+    def _stack(self, ctx):
+        engine = Engine(SqlStore(ctx.task.session_factory))
+        stack_id = str(uuid.uuid5(uuid.NAMESPACE_URL, ctx.cluster_uuid))
+        try:
+            engine.store.get_stack(stack_id)
+        except StackNotFound:
+            ca = ctx.ca()
+            engine.create_stack(f"test-{ctx.cluster_uuid}", STACK_TEMPLATE,
+                                {"ca_cert": ca.cert_pem, "ca_key": ca.key_pem},
+                                project_id=ctx.cluster.project_id, stack_id=stack_id)
+            engine.run(stack_id)
+        return stack_id
 
     def create_cluster(self, ctx):
         self._steps(ctx, ["provision nodes", "bootstrap", "report addresses"], lambda: self._report(ctx))

@@ -40,7 +40,9 @@ def upgrade() -> None:
     with op.batch_alter_table('stacks', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_stacks_name'), ['name'], unique=False)
         batch_op.create_index(batch_op.f('ix_stacks_project_id'), ['project_id'], unique=False)
-        batch_op.create_index('ux_stacks_project_name_live', ['project_id', 'name'], unique=True, sqlite_where=sa.text('deleted_at IS NULL'), postgresql_where=sa.text('deleted_at IS NULL'))
+        # MySQL has no partial index: there the name check of create_stack stands alone.
+        unique = op.get_bind().dialect.name != 'mysql'
+        batch_op.create_index('ux_stacks_project_name_live', ['project_id', 'name'], unique=unique, sqlite_where=sa.text('deleted_at IS NULL'), postgresql_where=sa.text('deleted_at IS NULL'))
 
     op.create_table('stack_events',
     sa.Column('id', sa.Integer(), nullable=False),

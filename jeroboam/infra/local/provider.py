@@ -196,11 +196,150 @@ def _node_mac(network_id: str, address: str) -> str:
     return f"06:{digest[0:2]}:{digest[2:4]}:" + ":".join(f"{o:02x}" for o in octets)
 
 
-class LocalProvider(Provider):
+class NodeStore(Provider):
+    """What providers keeping their networks and nodes as JSON files in a state directory
+    share: names, locks, records, address allocation, create/adopt. A subclass sets
+    ``network_info``/``node_info`` (the dataclasses of its records) and brings
+    ``_allocate_node``, ``_start``, ``_ensure_network`` and ``restart_node``."""
+
+    network_info: type
+    node_info: type
+    start_timeout: float = 60  # start_nodes' default bound
+
+    state_dir: Path
+    prefix: str
+    _lock: threading.Lock
+    _node_locks: dict[str, threading.Lock]
+
+    @contextmanager
+    def _locked(self):
+        """Serialises address allocation across threads and processes."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / "lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    def _node_lock(self, name: str) -> threading.Lock:
+        with self._lock:
+            return self._node_locks.setdefault(name, threading.Lock())
+
+    def node_name(self, node_id: str) -> str:
+        return f"{self.prefix}-{_digest('node', node_id)[:10]}"
+
+    def _node_dir(self, name: str) -> Path:
+        return self.state_dir / "nodes" / name
+
+    # --- records -----------------------------------------------------------------------
+
+    def get_network(self, network_id: str):
+        return self._load_network(self.network_name(network_id))
+
+    def _load_network(self, name: str):
+        data = _read_json(self.state_dir / "networks" / f"{name}.json")
+        return self.network_info(**data) if data else None
+
+    def _networks(self) -> list:
+        return [self.network_info(**d)
+                for p in sorted((self.state_dir / "networks").glob("*.json"))
+                if (d := _read_json(p))]
+
+    def get_node(self, name: str):
+        return self._load_node(name)
+
+    def nodes(self) -> list:
+        return self._nodes()
+
+    def _load_node(self, name: str):
+        data = _read_json(self._node_dir(name) / "node.json")
+        if not data:
+            return None
+        data["images"] = tuple(ImageTarball(**i) for i in data["images"])
+        return self.node_info(name=name, state_dir=str(self._node_dir(name)), provider=self,
+                              **data)
+
+    def _nodes(self) -> list:
+        return [n for p in sorted((self.state_dir / "nodes").iterdir())
+                if (n := self._load_node(p.name))]
+
+    def _save_node(self, info) -> None:
+        record = {k: getattr(info, k) for k in ("node_id", "network_id", "hostname", "address",
+                                                "mac")}
+        record["images"] = [asdict(i) for i in info.images]
+        _write_json(Path(info.state_dir) / "node.json", record)  # last: means "allocated"
+
+    def _hostname_and_address(self, spec: NodeSpec, name: str) -> tuple[str, str]:
+        """A new node's hostname (checked) and the first free address of its network."""
+        net = self.get_network(spec.network_id)
+        if net is None:
+            raise InfraError("create node", f"network {spec.network_id} does not exist")
+        hostname = spec.hostname or name
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}", hostname):
+            raise InfraError("create node", f"invalid hostname {hostname!r}")
+        used = {n.address for n in self._nodes() if n.network_id == spec.network_id}
+        subnet = ipaddress.ip_network(net.subnet)
+        free = (str(a) for i, a in enumerate(subnet.hosts(), 1)
+                if i >= FIRST_NODE_HOST and str(a) not in used)
+        address = next(free, None)
+        if address is None:
+            raise InfraError("create node", f"no free address left in {net.subnet}")
+        return hostname, address
+
+    # --- create, restart, adopt ----------------------------------------------------------
+
+    def create_node(self, spec: NodeSpec, ca: KeyPair):
+        """Start the node (address, certificate, network, dockerd) and return without waiting.
+
+        ``ca`` is the cluster CA; the node gets a server certificate for its address from it.
+        Poll :meth:`check_node_create` until it returns True.
+        """
+        self.setup()
+        name = self.node_name(spec.node_id)
+        with self._locked():
+            info = self._load_node(name) or self._allocate_node(spec, name, ca)
+        self._start(info)
+        return info
+
+    def start_nodes(self, specs: list[NodeSpec], ca: KeyPair, timeout: float | None = None):
+        """Create several nodes and wait until all of them answer with their images in."""
+        infos = [self.create_node(spec, ca) for spec in specs]
+        self.wait_nodes([i.name for i in infos], timeout or self.start_timeout)
+        return infos
+
+    def restart_with_ca(self, name: str, ca: KeyPair) -> None:
+        """Restart the node's dockerd with a server certificate from ``ca`` unless its
+        certificate already comes from it (a retry, or a rotation that already rolled over
+        this node); poll ``check_node_create`` after."""
+        info = self.get_node(name)
+        if info is None:
+            raise InfraError("restart node", f"{name}: no such node")
+        if Path(info.state_dir, "tls", "ca.pem").read_text() != ca.cert_pem:
+            self.restart_node(name, ca=ca)
+
+    def adopt(self, network_ids: list[str], node_ids: list[str]) -> dict:
+        """Find the given networks and nodes on the host (after a restart of ours or of the
+        host), re-create what is missing of the networks and start the nodes that are down.
+        Returns node id -> node (None: nothing known); wait for them with :meth:`wait_nodes`."""
+        self.setup()
+        for network_id in network_ids:
+            net = self.get_network(network_id)
+            if net is not None:
+                self._ensure_network(net)
+        found = {}
+        for node_id in node_ids:
+            info = self._load_node(self.node_name(node_id))
+            if info is not None and self.get_network(info.network_id) is not None:
+                self._start(info)
+            found[node_id] = info
+        return found
+
+
+class LocalProvider(NodeStore):
     server_type = "local"
     network_type = NETWORK_TYPE
     node_type = NODE_TYPE
     scoped = staticmethod(scoped)
+    network_info = NetworkInfo
+    node_info = NodeInfo
 
     def __init__(self, state_dir: str = DEFAULT_STATE_DIR, *, prefix: str = "jb",
                  address_pools: tuple[str, ...] | None = None, storage_driver: str = "vfs",
@@ -264,30 +403,13 @@ class LocalProvider(Provider):
             "node_id": node_id, "network": network, "hostname": hostname,
             "ca_cert": ca_cert, "ca_key": ca_key, "images": images}}
 
-    @contextmanager
-    def _locked(self):
-        """Serialises address allocation across threads and processes."""
-        with open(self.state_dir / "lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            yield
-
-    def _node_lock(self, name: str) -> threading.Lock:
-        with self._lock:
-            return self._node_locks.setdefault(name, threading.Lock())
-
     # --- names -------------------------------------------------------------------------
 
     def network_name(self, network_id: str) -> str:
         return f"{self.prefix}b{_digest('network', network_id)[:10]}"
 
-    def node_name(self, node_id: str) -> str:
-        return f"{self.prefix}-{_digest('node', node_id)[:10]}"
-
     def _veth(self, node_name: str) -> str:
         return f"{self.prefix}v{node_name[len(self.prefix) + 1:]}"
-
-    def _node_dir(self, name: str) -> Path:
-        return self.state_dir / "nodes" / name
 
     # --- networks ----------------------------------------------------------------------
 
@@ -303,11 +425,8 @@ class LocalProvider(Provider):
                 info = NetworkInfo(network_id, name, str(net), str(net[1]),
                                    _bridge_mac(network_id))
                 _write_json(self.state_dir / "networks" / f"{name}.json", asdict(info))
-            self._ensure_bridge(info)
+            self._ensure_network(info)
         return info
-
-    def get_network(self, network_id: str) -> NetworkInfo | None:
-        return self._load_network(self.network_name(network_id))
 
     def delete_network(self, network_id: str) -> None:
         """Delete the bridge; refused while nodes are still attached."""
@@ -327,14 +446,6 @@ class LocalProvider(Provider):
             host.run(["ip", "link", "del", name], "delete bridge")
         (self.state_dir / "networks" / f"{name}.json").unlink(missing_ok=True)
 
-    def _load_network(self, name: str) -> NetworkInfo | None:
-        data = _read_json(self.state_dir / "networks" / f"{name}.json")
-        return NetworkInfo(**data) if data else None
-
-    def _networks(self) -> list[NetworkInfo]:
-        return [NetworkInfo(**d) for p in sorted((self.state_dir / "networks").glob("*.json"))
-                if (d := _read_json(p))]
-
     def _check_subnet(self, net):
         return host.check_subnet(net, [ipaddress.ip_network(n.subnet) for n in self._networks()])
 
@@ -342,33 +453,13 @@ class LocalProvider(Provider):
         return host.free_subnet(self.address_pools,
                                 [ipaddress.ip_network(n.subnet) for n in self._networks()])
 
-    def _ensure_bridge(self, info: NetworkInfo) -> None:
+    def _ensure_network(self, info: NetworkInfo) -> None:
         cmds = [] if host.link_exists(info.name) else \
             [f"link add {info.name} address {info.mac} type bridge"]
         host.ip_batch(cmds + [f"addr replace {info.gateway}/{info.prefixlen} dev {info.name}",
                               f"link set {info.name} up"], "create bridge")
 
     # --- nodes: create -----------------------------------------------------------------
-
-    def create_node(self, spec: NodeSpec, ca: KeyPair) -> NodeInfo:
-        """Start the node (address, certificate, netns, dockerd) and return without waiting.
-
-        ``ca`` is the cluster CA; the node gets a server certificate for its address from it.
-        Poll :meth:`check_node_create` until it returns True.
-        """
-        self.setup()
-        name = self.node_name(spec.node_id)
-        with self._locked():
-            info = self._load_node(name) or self._allocate_node(spec, name, ca)
-        self._start(info)
-        return info
-
-    def start_nodes(self, specs: list[NodeSpec], ca: KeyPair,
-                    timeout: float = 60) -> list[NodeInfo]:
-        """Create several nodes and wait until all of them answer with their images in."""
-        infos = [self.create_node(spec, ca) for spec in specs]
-        self.wait_nodes([i.name for i in infos], timeout)
-        return infos
 
     def check_node_create(self, name: str) -> bool:
         """True once the node's dockerd answers and holds its images; raises if it died."""
@@ -395,41 +486,12 @@ class LocalProvider(Provider):
                 for future in [pool.submit(wait, n) for n in names]:
                     future.result()
 
-    def get_node(self, name: str) -> NodeInfo | None:
-        return self._load_node(name)
-
-    def nodes(self) -> list[NodeInfo]:
-        return self._nodes()
-
     def node_running(self, name: str) -> bool:
         info = self._load_node(name)
         return info is not None and self._dockerd_pid(info) is not None
 
-    def _load_node(self, name: str) -> NodeInfo | None:
-        data = _read_json(self._node_dir(name) / "node.json")
-        if not data:
-            return None
-        data["images"] = tuple(ImageTarball(**i) for i in data["images"])
-        return NodeInfo(name=name, state_dir=str(self._node_dir(name)), provider=self, **data)
-
-    def _nodes(self) -> list[NodeInfo]:
-        return [n for p in sorted((self.state_dir / "nodes").iterdir())
-                if (n := self._load_node(p.name))]
-
     def _allocate_node(self, spec: NodeSpec, name: str, ca: KeyPair) -> NodeInfo:
-        net = self.get_network(spec.network_id)
-        if net is None:
-            raise InfraError("create node", f"network {spec.network_id} does not exist")
-        hostname = spec.hostname or name
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}", hostname):
-            raise InfraError("create node", f"invalid hostname {hostname!r}")
-        used = {n.address for n in self._nodes() if n.network_id == spec.network_id}
-        subnet = ipaddress.ip_network(net.subnet)
-        free = (str(a) for i, a in enumerate(subnet.hosts(), 1)
-                if i >= FIRST_NODE_HOST and str(a) not in used)
-        address = next(free, None)
-        if address is None:
-            raise InfraError("create node", f"no free address left in {net.subnet}")
+        hostname, address = self._hostname_and_address(spec, name)
         d = self._node_dir(name)
         info = NodeInfo(spec.node_id, name, spec.network_id, hostname, address,
                         _node_mac(spec.network_id, address), str(d), tuple(spec.images), self)
@@ -437,10 +499,7 @@ class LocalProvider(Provider):
             (d / sub).mkdir(parents=True, exist_ok=True)
         (d / "daemon.json").write_text("{}\n")  # keeps dockerd off /etc/docker/daemon.json
         self._write_tls(info, ca)
-        record = {k: getattr(info, k) for k in ("node_id", "network_id", "hostname", "address",
-                                                "mac")}
-        record["images"] = [asdict(i) for i in info.images]
-        _write_json(d / "node.json", record)  # last: its presence means "allocated"
+        self._save_node(info)
         return info
 
     def _write_tls(self, info: NodeInfo, ca: KeyPair) -> None:
@@ -591,16 +650,6 @@ class LocalProvider(Provider):
             self._write_tls(info, ca)
         self._start(info)
 
-    def restart_with_ca(self, name: str, ca: KeyPair) -> None:
-        """Restart the node's dockerd with a server certificate from ``ca`` unless its
-        certificate already comes from it (a retry, or a rotation that already rolled over
-        this node); poll ``check_node_create`` after."""
-        info = self.get_node(name)
-        if info is None:
-            raise InfraError("restart node", f"{name}: no such node")
-        if Path(info.state_dir, "tls", "ca.pem").read_text() != ca.cert_pem:
-            self.restart_node(name, ca=ca)
-
     def delete_node(self, name: str) -> None:
         """Begin deleting a node: kill its processes, remove its veth and netns. Idempotent;
         poll :meth:`check_node_delete` until True."""
@@ -676,23 +725,6 @@ class LocalProvider(Provider):
         return pids
 
     # --- restart safety ----------------------------------------------------------------
-
-    def adopt(self, network_ids: list[str], node_ids: list[str]) -> dict[str, NodeInfo | None]:
-        """Find the given networks and nodes on the host (after a restart of ours or of the
-        host), re-create missing bridges/netns and start dockerds that are down. Returns node
-        id -> NodeInfo (None: nothing known); wait for them with :meth:`wait_nodes`."""
-        self.setup()
-        for network_id in network_ids:
-            net = self.get_network(network_id)
-            if net is not None:
-                self._ensure_bridge(net)
-        found = {}
-        for node_id in node_ids:
-            info = self._load_node(self.node_name(node_id))
-            if info is not None and self.get_network(info.network_id) is not None:
-                self._start(info)
-            found[node_id] = info
-        return found
 
     def remove_leftovers(self, node_ids: list[str], network_ids: list[str],
                          timeout: float = 60) -> list[str]:

@@ -40,7 +40,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tarfile
@@ -48,20 +47,20 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import docker
 
-from jeroboam.infra.base import Node, ProcessSpec, Provider
+from jeroboam.infra.base import Node, ProcessSpec
 from jeroboam.infra.local import host
 from jeroboam.infra.local.clients import tls_client
-from jeroboam.infra.local.host import InfraError, InfraTimeout, wait_until
+from jeroboam.infra.local.host import InfraError, wait_until
 from jeroboam.infra.local.images import BASE_IMAGE, ImageTarball, build_busybox_tar, \
     ensure_images
-from jeroboam.infra.local.provider import NodeSpec, _read_json, _write_json, _write_private, \
-    scoped
+from jeroboam.infra.local.provider import NodeSpec, NodeStore, _read_json, _write_json, \
+    _write_private, scoped
 from jeroboam.pki import KeyPair, issue_client_cert, issue_server_cert
 
 LOG = logging.getLogger(__name__)
@@ -72,7 +71,6 @@ BUILD_SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "build-vm-image
 # Apart from the local provider's pools, so that the two never race for one /24.
 DEFAULT_ADDRESS_POOLS = ("10.252.0.0/16", "172.29.0.0/16")
 TLS_PORT = 2376
-FIRST_NODE_HOST = 10
 NETWORK_TYPE = "Jeroboam::VM::Network"
 NODE_TYPE = "Jeroboam::VM::Node"
 HERE = Path(__file__).resolve().parent
@@ -226,11 +224,14 @@ def _host_khz() -> int:
     return 0
 
 
-class VmProvider(Provider):
+class VmProvider(NodeStore):
     server_type = "vm"
     network_type = NETWORK_TYPE
     node_type = NODE_TYPE
     scoped = staticmethod(scoped)
+    network_info = NetworkInfo
+    node_info = VmNode
+    start_timeout = 240
 
     def __init__(self, state_dir: str = DEFAULT_STATE_DIR, *, prefix: str = "jv",
                  images_dir: str = DEFAULT_IMAGES, address_pools: tuple[str, ...] | None = None,
@@ -361,17 +362,6 @@ class VmProvider(Provider):
             "node_id": node_id, "network": network, "hostname": hostname,
             "ca_cert": ca_cert, "ca_key": ca_key, "images": images}}
 
-    @contextmanager
-    def _locked(self):
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.state_dir / "lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            yield
-
-    def _node_lock(self, name: str) -> threading.Lock:
-        with self._lock:
-            return self._node_locks.setdefault(name, threading.Lock())
-
     # --- names -------------------------------------------------------------------------
 
     def network_name(self, network_id: str) -> str:
@@ -380,15 +370,9 @@ class VmProvider(Provider):
     def _veth(self, network_name: str) -> str:
         return f"{self.prefix}h{network_name[len(self.prefix) + 1:]}"
 
-    def node_name(self, node_id: str) -> str:
-        return f"{self.prefix}-{_digest('node', node_id)[:10]}"
-
     @staticmethod
     def _tap(node_name: str) -> str:
         return "t" + node_name.split("-", 1)[1]
-
-    def _node_dir(self, name: str) -> Path:
-        return self.state_dir / "nodes" / name
 
     # --- networks ----------------------------------------------------------------------
 
@@ -403,10 +387,10 @@ class VmProvider(Provider):
                     else host.free_subnet(self.address_pools, taken)
                 info = NetworkInfo(network_id, name, str(net), str(net[1]))
                 _write_json(self.state_dir / "networks" / f"{name}.json", asdict(info))
-            self._ensure_netns(info)
+            self._ensure_network(info)
         return info
 
-    def _ensure_netns(self, info: NetworkInfo) -> None:
+    def _ensure_network(self, info: NetworkInfo) -> None:
         """Create what is missing of the network's namespace (bridge, firewall) and of the
         veth pair and route joining the host to it."""
         veth = self._veth(info.name)
@@ -431,9 +415,6 @@ class VmProvider(Provider):
             host.run(["ip", "route", "replace", info.subnet, "via", NS_END, "dev", veth,
                       "onlink"], f"route to {info.name}")
 
-    def get_network(self, network_id: str) -> NetworkInfo | None:
-        return self._load_network(self.network_name(network_id))
-
     def delete_network(self, network_id: str) -> None:
         name = self.network_name(network_id)
         with self._locked():
@@ -456,30 +437,7 @@ class VmProvider(Provider):
                                   capture_output=True).returncode == 0, 10, "delete veth")
         (self.state_dir / "networks" / f"{name}.json").unlink(missing_ok=True)
 
-    def _load_network(self, name: str) -> NetworkInfo | None:
-        data = _read_json(self.state_dir / "networks" / f"{name}.json")
-        return NetworkInfo(**data) if data else None
-
-    def _networks(self) -> list[NetworkInfo]:
-        return [NetworkInfo(**d) for p in sorted((self.state_dir / "networks").glob("*.json"))
-                if (d := _read_json(p))]
-
     # --- nodes: create -----------------------------------------------------------------
-
-    def create_node(self, spec: NodeSpec, ca: KeyPair) -> VmNode:
-        """Boot the node and return without waiting; poll :meth:`check_node_create`."""
-        self.setup()
-        name = self.node_name(spec.node_id)
-        with self._locked():
-            info = self._load_node(name) or self._allocate_node(spec, name, ca)
-        self._start(info)
-        return info
-
-    def start_nodes(self, specs: list[NodeSpec], ca: KeyPair,
-                    timeout: float = 240) -> list[VmNode]:
-        infos = [self.create_node(spec, ca) for spec in specs]
-        self.wait_nodes([i.name for i in infos], timeout)
-        return infos
 
     def check_node_create(self, name: str) -> bool:
         """True once the node's dockerd answers over TLS and holds its images; raises if the
@@ -507,48 +465,17 @@ class VmProvider(Provider):
                 for future in [pool.submit(wait, n) for n in names]:
                     future.result()
 
-    def get_node(self, name: str) -> VmNode | None:
-        return self._load_node(name)
-
-    def nodes(self) -> list[VmNode]:
-        return self._nodes()
-
     def node_running(self, name: str) -> bool:
         return self._qemu_pid(name) is not None
 
-    def _load_node(self, name: str) -> VmNode | None:
-        data = _read_json(self._node_dir(name) / "node.json")
-        if not data:
-            return None
-        data["images"] = tuple(ImageTarball(**i) for i in data["images"])
-        return VmNode(name=name, state_dir=str(self._node_dir(name)), provider=self, **data)
-
-    def _nodes(self) -> list[VmNode]:
-        return [n for p in sorted((self.state_dir / "nodes").iterdir())
-                if (n := self._load_node(p.name))]
-
     def _allocate_node(self, spec: NodeSpec, name: str, ca: KeyPair) -> VmNode:
-        net = self.get_network(spec.network_id)
-        if net is None:
-            raise InfraError("create node", f"network {spec.network_id} does not exist")
-        hostname = spec.hostname or name
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}", hostname):
-            raise InfraError("create node", f"invalid hostname {hostname!r}")
-        used = {n.address for n in self._nodes() if n.network_id == spec.network_id}
-        free = (str(a) for i, a in enumerate(ipaddress.ip_network(net.subnet).hosts(), 1)
-                if i >= FIRST_NODE_HOST and str(a) not in used)
-        address = next(free, None)
-        if address is None:
-            raise InfraError("create node", f"no free address left in {net.subnet}")
+        hostname, address = self._hostname_and_address(spec, name)
         d = self._node_dir(name)
         info = VmNode(spec.node_id, name, spec.network_id, hostname, address,
                       _node_mac(spec.network_id, address), str(d), tuple(spec.images), self)
         (d / "tls").mkdir(parents=True, exist_ok=True, mode=0o700)
         self._write_tls(info, ca)
-        record = {k: getattr(info, k) for k in ("node_id", "network_id", "hostname", "address",
-                                                "mac")}
-        record["images"] = [asdict(i) for i in info.images]
-        _write_json(d / "node.json", record)  # last: its presence means "allocated"
+        self._save_node(info)
         return info
 
     def _write_tls(self, info: VmNode, ca: KeyPair) -> None:
@@ -606,7 +533,7 @@ class VmProvider(Provider):
             net = self.get_network(info.network_id)
             if net is None:
                 raise InfraError("start node", f"network {info.network_id} does not exist")
-            self._ensure_netns(net)
+            self._ensure_network(net)
             d = Path(info.state_dir)
             overlay = d / "overlay.qcow2"
             if not overlay.exists():
@@ -734,13 +661,6 @@ class VmProvider(Provider):
             self._write_tls(info, ca)
         self._start(info)
 
-    def restart_with_ca(self, name: str, ca: KeyPair) -> None:
-        info = self.get_node(name)
-        if info is None:
-            raise InfraError("restart node", f"{name}: no such node")
-        if Path(info.state_dir, "tls", "ca.pem").read_text() != ca.cert_pem:
-            self.restart_node(name, ca=ca)
-
     def delete_node(self, name: str) -> None:
         """Begin deleting: kill the VM, remove its tap. Poll :meth:`check_node_delete`."""
         with self._node_lock(name):
@@ -774,21 +694,6 @@ class VmProvider(Provider):
         return [p for p, n in self._processes_by_node().items() if n == name]
 
     # --- restart safety ----------------------------------------------------------------
-
-    def adopt(self, network_ids: list[str], node_ids: list[str]) -> dict[str, VmNode | None]:
-        """Re-create missing namespaces and boot the VMs that are down (on their overlays)."""
-        self.setup()
-        for network_id in network_ids:
-            net = self.get_network(network_id)
-            if net is not None:
-                self._ensure_netns(net)
-        found = {}
-        for node_id in node_ids:
-            info = self._load_node(self.node_name(node_id))
-            if info is not None and self.get_network(info.network_id) is not None:
-                self._start(info)
-            found[node_id] = info
-        return found
 
     def remove_leftovers(self, node_ids: list[str], network_ids: list[str],
                          timeout: float = 60) -> list[str]:

@@ -72,7 +72,13 @@ def test_swarm_on_vms_spreads_a_service_isolates_its_tenant_and_leaves_nothing(
                 stop_grace_period=1_000_000_000)
 
             def running():
-                tasks = [t for t in spread.tasks() if t["Status"]["State"] == "running"]
+                try:
+                    tasks = [t for t in spread.tasks() if t["Status"]["State"] == "running"]
+                except docker.errors.APIError as exc:
+                    # a manager under TCG on a busy host misses its raft deadlines now and then
+                    if "DeadlineExceeded" not in str(exc):
+                        raise
+                    return None
                 return tasks if len(tasks) == 2 else None
             tasks = wait_for(running, 300, "2 tasks running", interval=1)
             assert len({t["NodeID"] for t in tasks}) == 2  # one on each VM

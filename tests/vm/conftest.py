@@ -6,22 +6,32 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
 
+from jeroboam.infra.local import BASE_IMAGE
 from jeroboam.infra.vm.provider import BUILD_SCRIPT, DEFAULT_IMAGES, VmProvider
+from tests.drivers.conftest import host_snapshot  # noqa: F401 (the vm tests' too)
 
 PREFIX = "jvt"
 LOCK = "/tmp/jvt-tests.lock"
 
 
-def host_snapshot() -> dict[str, str]:
-    """Host state outside the provider's own names that it must never change."""
-    def out(*argv):
-        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    return {"routes": out("ip", "-4", "route", "show", "table", "main"),
-            "iptables": out("iptables", "-S"), "nat": out("iptables", "-t", "nat", "-S")}
+def privileged_view_of_host(client) -> str:
+    """What a tenant root sees, in a `--privileged -v /:/host` container on its node, of a
+    marker file just made on the host (an error message: it is not there) and of /etc/hostname
+    (the node's own)."""
+    marker = Path("/tmp", f"jvt-host-marker-{uuid.uuid4().hex}")
+    marker.write_text("host secret\n")
+    try:
+        return client.containers.run(
+            BASE_IMAGE, ["sh", "-c", f"ls /host{marker} 2>&1; cat /host/etc/hostname"],
+            privileged=True, volumes={"/": {"bind": "/host", "mode": "rw"}},
+            remove=True).decode()
+    finally:
+        marker.unlink()
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ a privileged container who cannot see the host, and a delete that leaves the hos
 
 import shutil
 import time
-import uuid
 from contextlib import closing
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from jeroboam.infra.vm.provider import VmProvider
 from tests.drivers.conftest import delete_cluster, new_service, wait_for, wait_status
 from tests.drivers.test_swarm_lifecycle import cluster_config
 from tests.support import wait_http
-from tests.vm.conftest import host_snapshot, qemu_status
+from tests.vm.conftest import host_snapshot, privileged_view_of_host, qemu_status
 
 BOOT = 900  # seconds: two guests booting under TCG on a busy 2-core host
 
@@ -85,15 +84,7 @@ def test_swarm_on_vms_spreads_a_service_isolates_its_tenant_and_leaves_nothing(
             spread.remove()
 
             # the tenant, root on its manager with the cluster's credentials
-            marker = Path("/tmp", f"jvt-host-marker-{uuid.uuid4().hex}")
-            marker.write_text("host secret\n")
-            try:
-                out = client.containers.run(
-                    BASE_IMAGE, ["sh", "-c", f"ls /host{marker} 2>&1; cat /host/etc/hostname"],
-                    privileged=True, volumes={"/": {"bind": "/host", "mode": "rw"}},
-                    remove=True).decode()
-            finally:
-                marker.unlink()
+            out = privileged_view_of_host(client)
             assert "No such file" in out and "vms-master-0" in out
     finally:
         delete_cluster(magnum, created.uuid)

@@ -102,22 +102,18 @@ class NodeSpec:
 
 
 @dataclass(frozen=True)
-class NodeInfo(Node):
-    """A local node: its state, and (through its provider) the Node operations."""
+class NodeRecord(Node):
+    """A node as a provider keeping records (NodeStore) knows it; its provider does the rest."""
 
     node_id: str
-    name: str  # netns name and cgroup parent; the resource's physical id
+    name: str  # the resource's physical id
     network_id: str
     hostname: str
     address: str
     mac: str
     state_dir: str
     images: tuple[ImageTarball, ...] = field(default=())
-    provider: LocalProvider | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def socket_path(self) -> str:
-        return f"{self.state_dir}/docker.sock"
+    provider: Provider | None = field(default=None, compare=False, repr=False)
 
     @property
     def api_address(self) -> str:
@@ -126,6 +122,19 @@ class NodeInfo(Node):
     @property
     def cgroup_parent(self) -> str:
         return f"/{self.name}"
+
+    def attributes(self) -> dict:
+        return {"name": self.name, "hostname": self.hostname, "address": self.address,
+                "api_address": self.api_address, "mac": self.mac}
+
+
+@dataclass(frozen=True)
+class NodeInfo(NodeRecord):
+    """A local node (its name is its netns's name and its cgroup parent)."""
+
+    @property
+    def socket_path(self) -> str:
+        return f"{self.state_dir}/docker.sock"
 
     def client(self, timeout: float = 30) -> docker.DockerClient:
         """An SDK client on the node's unix socket (close it after use)."""
@@ -168,9 +177,6 @@ class NodeInfo(Node):
     def process_log(self, name: str) -> str:
         return f"{self.state_dir}/{name}.log"
 
-    def attributes(self) -> dict:
-        return {"name": self.name, "hostname": self.hostname, "address": self.address,
-                "api_address": self.api_address, "mac": self.mac}
 
 
 def scoped(stack_id: str, ident: str) -> str:
@@ -210,6 +216,15 @@ class NodeStore(Provider):
     prefix: str
     _lock: threading.Lock
     _node_locks: dict[str, threading.Lock]
+
+    def network_resource(self, network_id: str) -> dict:
+        return {"type": self.network_type, "properties": {"network_id": network_id}}
+
+    def node_resource(self, node_id: str, network, hostname: str, ca_cert, ca_key,
+                      images) -> dict:
+        return {"type": self.node_type, "properties": {
+            "node_id": node_id, "network": network, "hostname": hostname,
+            "ca_cert": ca_cert, "ca_key": ca_key, "images": images}}
 
     @contextmanager
     def _locked(self):
@@ -391,17 +406,6 @@ class LocalProvider(NodeStore):
 
     def has_state(self) -> bool:
         return self.state_dir.exists()
-
-    # --- stack fragments ---------------------------------------------------------------
-
-    def network_resource(self, network_id: str) -> dict:
-        return {"type": NETWORK_TYPE, "properties": {"network_id": network_id}}
-
-    def node_resource(self, node_id: str, network, hostname: str, ca_cert, ca_key,
-                      images) -> dict:
-        return {"type": NODE_TYPE, "properties": {
-            "node_id": node_id, "network": network, "hostname": hostname,
-            "ca_cert": ca_cert, "ca_key": ca_key, "images": images}}
 
     # --- names -------------------------------------------------------------------------
 

@@ -48,19 +48,19 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import docker
 
-from jeroboam.infra.base import Node, ProcessSpec
+from jeroboam.infra.base import ProcessSpec
 from jeroboam.infra.local import host
 from jeroboam.infra.local.clients import tls_client
 from jeroboam.infra.local.host import InfraError, wait_until
 from jeroboam.infra.local.images import BASE_IMAGE, ImageTarball, build_busybox_tar, \
     ensure_images
-from jeroboam.infra.local.provider import NodeSpec, NodeStore, _read_json, _write_json, \
-    _write_private, scoped
+from jeroboam.infra.local.provider import TLS_PORT, NodeRecord, NodeSpec, NodeStore, \
+    _read_json, _write_json, _write_private, scoped
 from jeroboam.pki import KeyPair, issue_client_cert, issue_server_cert
 
 LOG = logging.getLogger(__name__)
@@ -70,7 +70,6 @@ DEFAULT_IMAGES = "/var/cache/jeroboam/vm/v1"
 BUILD_SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "build-vm-images.sh"
 # Apart from the local provider's pools, so that the two never race for one /24.
 DEFAULT_ADDRESS_POOLS = ("10.252.0.0/16", "172.29.0.0/16")
-TLS_PORT = 2376
 NETWORK_TYPE = "Jeroboam::VM::Network"
 NODE_TYPE = "Jeroboam::VM::Node"
 HERE = Path(__file__).resolve().parent
@@ -111,26 +110,8 @@ class NetworkInfo:
 
 
 @dataclass(frozen=True)
-class VmNode(Node):
-    """A vm node: its state, and (through its provider) the Node operations."""
-
-    node_id: str
-    name: str
-    network_id: str
-    hostname: str
-    address: str
-    mac: str
-    state_dir: str
-    images: tuple[ImageTarball, ...] = field(default=())
-    provider: VmProvider | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def api_address(self) -> str:
-        return f"tcp://{self.address}:{TLS_PORT}"
-
-    @property
-    def cgroup_parent(self) -> str:
-        return f"/{self.name}"
+class VmNode(NodeRecord):
+    """A vm node (its name is its VM's name)."""
 
     def _tls(self, name: str) -> str:
         return (Path(self.state_dir) / "tls" / name).read_text()
@@ -199,9 +180,7 @@ class VmNode(Node):
         return str(path)
 
     def attributes(self) -> dict:
-        return {"name": self.name, "hostname": self.hostname, "address": self.address,
-                "api_address": self.api_address, "mac": self.mac,
-                "acceleration": self.provider.acceleration()["accel"]}
+        return {**super().attributes(), "acceleration": self.provider.acceleration()["accel"]}
 
 
 def _digest(kind: str, ident: str) -> str:
@@ -350,17 +329,6 @@ class VmProvider(NodeStore):
         return " ".join(["console=ttyS0", "panic=-1", "tsc=reliable",
                          *([f"tsc_early_khz={khz}"] if khz else []),
                          *(["quiet"] if quiet else [])])
-
-    # --- stack fragments ---------------------------------------------------------------
-
-    def network_resource(self, network_id: str) -> dict:
-        return {"type": NETWORK_TYPE, "properties": {"network_id": network_id}}
-
-    def node_resource(self, node_id: str, network, hostname: str, ca_cert, ca_key,
-                      images) -> dict:
-        return {"type": NODE_TYPE, "properties": {
-            "node_id": node_id, "network": network, "hostname": hostname,
-            "ca_cert": ca_cert, "ca_key": ca_key, "images": images}}
 
     # --- names -------------------------------------------------------------------------
 

@@ -206,11 +206,14 @@ class NodeStore(Provider):
     """What providers keeping their networks and nodes as JSON files in a state directory
     share: names, locks, records, address allocation, create/adopt. A subclass sets
     ``network_info``/``node_info`` (the dataclasses of its records) and brings
-    ``_allocate_node``, ``_start``, ``_ensure_network`` and ``restart_node``."""
+    ``_allocate_node``, ``_start``, ``_ensure_network``, ``_check_running`` and
+    ``restart_node``."""
 
     network_info: type
     node_info: type
-    start_timeout: float = 60  # start_nodes' default bound
+    start_timeout: float = 60  # start_nodes' and wait_nodes' default bound
+    wait_interval: float = 0.02  # between checks of a starting node
+    scoped = staticmethod(scoped)
 
     state_dir: Path
     prefix: str
@@ -320,6 +323,35 @@ class NodeStore(Provider):
         self.wait_nodes([i.name for i in infos], timeout or self.start_timeout)
         return infos
 
+    def check_node_create(self, name: str) -> bool:
+        """True once the node's dockerd answers and holds its images; raises if it died."""
+        info = self.get_node(name)
+        if info is None:
+            raise InfraError("start dockerd", f"{name}: no such node")
+        if info.ping():
+            with closing(info.client(timeout=120)) as client:
+                try:
+                    ensure_images(client, [self.base_image, *info.images])
+                except docker.errors.APIError as exc:
+                    raise InfraError("import images", f"{name}: {exc}") from None
+            return True
+        self._check_running(info)
+        return False
+
+    def wait_nodes(self, names: list[str], timeout: float | None = None) -> None:
+        def wait(name: str) -> None:
+            wait_until(lambda: self.check_node_create(name), timeout or self.start_timeout,
+                       f"start node {name}", interval=self.wait_interval,
+                       detail=lambda: self._start_detail(name))
+        if names:
+            with ThreadPoolExecutor(max_workers=len(names)) as pool:
+                for future in [pool.submit(wait, n) for n in names]:
+                    future.result()
+
+    def _start_detail(self, name: str) -> str:
+        """What a start that timed out says besides (e.g. a console's last lines)."""
+        return ""
+
     def restart_with_ca(self, name: str, ca: KeyPair) -> None:
         """Restart the node's dockerd with a server certificate from ``ca`` unless its
         certificate already comes from it (a retry, or a rotation that already rolled over
@@ -352,7 +384,6 @@ class LocalProvider(NodeStore):
     server_type = "local"
     network_type = NETWORK_TYPE
     node_type = NODE_TYPE
-    scoped = staticmethod(scoped)
     network_info = NetworkInfo
     node_info = NodeInfo
 
@@ -465,30 +496,10 @@ class LocalProvider(NodeStore):
 
     # --- nodes: create -----------------------------------------------------------------
 
-    def check_node_create(self, name: str) -> bool:
-        """True once the node's dockerd answers and holds its images; raises if it died."""
-        info = self.get_node(name)
-        if info is None:
-            raise InfraError("start dockerd", f"{name}: no such node")
-        if ping(info.socket_path):
-            with closing(info.client()) as client:
-                try:
-                    ensure_images(client, [self.base_image, *info.images])
-                except docker.errors.APIError as exc:
-                    raise InfraError("import images", f"{name}: {exc}") from None
-            return True
+    def _check_running(self, info: NodeInfo) -> None:
         if self._dockerd_pid(info) is None:
-            raise InfraError("start dockerd", f"{name}: dockerd exited: {self._log_tail(info)}")
-        return False
-
-    def wait_nodes(self, names: list[str], timeout: float = 60) -> None:
-        def wait(name: str) -> None:
-            wait_until(lambda: self.check_node_create(name), timeout, f"start node {name}",
-                       interval=0.02)
-        if names:
-            with ThreadPoolExecutor(max_workers=len(names)) as pool:
-                for future in [pool.submit(wait, n) for n in names]:
-                    future.result()
+            raise InfraError("start dockerd", f"{info.name}: dockerd exited: "
+                             f"{self._log_tail(info)}")
 
     def node_running(self, name: str) -> bool:
         info = self._load_node(name)

@@ -46,7 +46,6 @@ import tarfile
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,10 +56,9 @@ from jeroboam.infra.base import ProcessSpec
 from jeroboam.infra.local import host
 from jeroboam.infra.local.clients import tls_client
 from jeroboam.infra.local.host import InfraError, wait_until
-from jeroboam.infra.local.images import BASE_IMAGE, ImageTarball, build_busybox_tar, \
-    ensure_images
+from jeroboam.infra.local.images import BASE_IMAGE, ImageTarball, build_busybox_tar
 from jeroboam.infra.local.provider import TLS_PORT, NodeRecord, NodeSpec, NodeStore, \
-    _read_json, _write_json, _write_private, scoped
+    _read_json, _write_json, _write_private
 from jeroboam.pki import KeyPair, issue_client_cert, issue_server_cert
 
 LOG = logging.getLogger(__name__)
@@ -207,10 +205,10 @@ class VmProvider(NodeStore):
     server_type = "vm"
     network_type = NETWORK_TYPE
     node_type = NODE_TYPE
-    scoped = staticmethod(scoped)
     network_info = NetworkInfo
     node_info = VmNode
     start_timeout = 240
+    wait_interval = 0.5  # a check is a TLS handshake with a guest under TCG
 
     def __init__(self, state_dir: str = DEFAULT_STATE_DIR, *, prefix: str = "jv",
                  images_dir: str = DEFAULT_IMAGES, address_pools: tuple[str, ...] | None = None,
@@ -407,31 +405,13 @@ class VmProvider(NodeStore):
 
     # --- nodes: create -----------------------------------------------------------------
 
-    def check_node_create(self, name: str) -> bool:
-        """True once the node's dockerd answers over TLS and holds its images; raises if the
-        VM is gone."""
-        info = self.get_node(name)
-        if info is None:
-            raise InfraError("start node", f"{name}: no such node")
-        if info.ping():
-            with closing(info.client(timeout=120)) as client:
-                try:
-                    ensure_images(client, [self.base_image, *info.images])
-                except docker.errors.APIError as exc:
-                    raise InfraError("import images", f"{name}: {exc}") from None
-            return True
-        if self._qemu_pid(name) is None:
-            raise InfraError("start node", f"{name}: the VM stopped: {self._console_tail(name)}")
-        return False
+    def _check_running(self, info: VmNode) -> None:
+        if self._qemu_pid(info.name) is None:
+            raise InfraError("start node", f"{info.name}: the VM stopped: "
+                             f"{self._console_tail(info.name)}")
 
-    def wait_nodes(self, names: list[str], timeout: float = 240) -> None:
-        def wait(name: str) -> None:
-            wait_until(lambda: self.check_node_create(name), timeout, f"start node {name}",
-                       interval=0.5, detail=lambda: self._console_tail(name))
-        if names:
-            with ThreadPoolExecutor(max_workers=len(names)) as pool:
-                for future in [pool.submit(wait, n) for n in names]:
-                    future.result()
+    def _start_detail(self, name: str) -> str:
+        return self._console_tail(name)
 
     def node_running(self, name: str) -> bool:
         return self._qemu_pid(name) is not None

@@ -1,9 +1,9 @@
 """Cluster and nodegroup actions: what a worker runs for each task, and how the task's end
 moves the cluster through its state machine (jeroboam.states.CLUSTER).
 
-The API has already applied the starting transition (e.g. CREATE_IN_PROGRESS) in
-the transaction that queued the task; here the driver does the work, and the
-task's end settles the status, in the same transaction as the task's own state.
+The API has begun the operation (jeroboam.lifecycle.begin) in the transaction that
+queued the task; here the driver does the work, and the task's end settles the
+status (jeroboam.lifecycle.settle), in the same transaction as the task's own state.
 """
 
 from __future__ import annotations
@@ -11,20 +11,11 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from jeroboam import pki, states
+from jeroboam import lifecycle, pki
 from jeroboam.db.models import Cluster, ClusterTemplate, NodeGroup, Task
 from jeroboam.drivers import Registry
 from jeroboam.tasks import registry
 from jeroboam.tasks.context import TaskContext
-
-# Which in-progress status each action's task settles, per object.
-CLUSTER_OPERATION = {
-    "cluster.create": "CREATE", "cluster.update": "UPDATE", "cluster.resize": "UPDATE",
-    "cluster.upgrade": "UPDATE", "cluster.rotate_ca": "UPDATE", "cluster.delete": "DELETE",
-    "nodegroup.create": "UPDATE", "nodegroup.update": "UPDATE", "nodegroup.delete": "UPDATE",
-}
-NODEGROUP_OPERATION = {"nodegroup.create": "CREATE", "nodegroup.update": "UPDATE", "nodegroup.delete": "DELETE"}
-
 
 class ClusterContext:
     """A TaskContext plus access to the cluster the task works on."""
@@ -64,9 +55,7 @@ class ClusterContext:
 
     def _write(self, statement) -> None:
         # Fenced like every write of the task: a worker that lost its lease changes nothing.
-        with self._session() as session, session.begin():
-            self.task.owned(session)
-            session.execute(statement)
+        self.task.write(lambda session, _task: session.execute(statement))
 
     def update_cluster(self, **fields) -> None:
         self._write(sa.update(Cluster).where(Cluster.uuid == self.cluster_uuid).values(**fields))
@@ -85,59 +74,22 @@ def driver_for(ctx: "ClusterContext"):
     return Registry(disabled).by_name(ctx.template.driver)
 
 
-def _cluster(session: Session, uuid: str) -> Cluster | None:
-    return session.scalars(sa.select(Cluster).where(Cluster.uuid == uuid)).first()
-
-
 # -- how task ends move clusters and nodegroups ---------------------------------------------
 
-def _settle_cluster(session: Session, task: Task, event: str, reason: str | None) -> Cluster | None:
-    cluster = _cluster(session, task.payload.get("cluster_uuid", task.resource_uuid))
-    operation = CLUSTER_OPERATION[task.action]
-    # A later operation (a delete that cancelled this create) owns the status now.
-    if cluster is None or cluster.status != f"{operation}_IN_PROGRESS":
-        return cluster
-    cluster.status = states.CLUSTER.next(cluster.status, event)
-    cluster.status_reason = reason or f"{task.action} completed"
-    return cluster
-
-
-def _settle_nodegroups(session: Session, task: Task, event: str, reason: str | None) -> None:
-    cluster_uuid = task.payload.get("cluster_uuid", task.resource_uuid)
-    if task.action in NODEGROUP_OPERATION:
-        groups = session.scalars(sa.select(NodeGroup).where(NodeGroup.uuid == task.resource_uuid)).all()
-    else:
-        groups = session.scalars(sa.select(NodeGroup).where(NodeGroup.cluster_id == cluster_uuid)).all()
-    for group in groups:
-        if not group.status.endswith("_IN_PROGRESS"):
-            continue
-        if group.status == states.DELETE_IN_PROGRESS and event == "succeed":
-            session.delete(group)
-            continue
-        group.status = states.NODEGROUP.next(group.status, event)
-        group.status_reason = reason
-
-
 def _on_success(session: Session, task: Task) -> None:
-    if task.action == "cluster.delete":
-        cluster = _cluster(session, task.resource_uuid)
-        if cluster is not None:
-            # The row goes: a deleted cluster answers 404, which clients take as DELETE_COMPLETE.
-            session.execute(sa.delete(NodeGroup).where(NodeGroup.cluster_id == cluster.uuid))
-            session.delete(cluster)
-        return
-    _settle_nodegroups(session, task, "succeed", None)
-    cluster = _settle_cluster(session, task, "succeed", None)
-    if task.action == "cluster.upgrade" and cluster is not None:
-        cluster.cluster_template_id = task.payload["cluster_template"]
+    lifecycle.settle(session, task, "succeed")
+    if task.action == "cluster.upgrade":
+        # what runs is the new template's, whichever operation the status shows now
+        session.execute(sa.update(Cluster).where(Cluster.uuid == task.lock_key)
+                        .values(cluster_template_id=task.payload["cluster_template"]))
 
 
 def _on_failure(session: Session, task: Task, reason: str) -> None:
-    _settle_nodegroups(session, task, "fail", reason)
-    _settle_cluster(session, task, "fail", reason)
+    owned = lifecycle.settle(session, task, "fail", reason)
     restore = task.payload.get("restore_node_count")
-    if restore:
-        # A failed PATCH/resize leaves the nodegroup asking for what it had.
+    if restore and any(isinstance(o, NodeGroup) and o.uuid == restore["nodegroup"] for o in owned):
+        # A failed PATCH/resize leaves the nodegroup asking for what it had (unless a newer
+        # operation has asked for something else since).
         session.execute(sa.update(NodeGroup).where(NodeGroup.uuid == restore["nodegroup"])
                         .values(node_count=restore["node_count"]))
 
@@ -146,7 +98,7 @@ def _on_failure(session: Session, task: Task, reason: str) -> None:
 
 def _with_driver(method_name: str, *arg_keys: str):
     def handler(task_ctx: TaskContext) -> None:
-        ctx = ClusterContext(task_ctx, task_ctx.payload.get("cluster_uuid", task_ctx.resource_uuid))
+        ctx = ClusterContext(task_ctx, task_ctx.lock_key)
         driver = driver_for(ctx)
         if method_name == "create_cluster":
             task_ctx.set_timeout(ctx.cluster.create_timeout)
@@ -155,7 +107,7 @@ def _with_driver(method_name: str, *arg_keys: str):
 
 
 def _rotate_ca(task_ctx: TaskContext) -> None:
-    ctx = ClusterContext(task_ctx, task_ctx.resource_uuid)
+    ctx = ClusterContext(task_ctx, task_ctx.lock_key)
     driver = driver_for(ctx)
     ctx.plan(["issue new CA", "re-issue node certificates", "activate new CA"])
 

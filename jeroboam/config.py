@@ -42,12 +42,30 @@ OPTIONS: list[Option] = [
     Option("auth", "noauth_user", "admin", "User of a noauth caller that sends no X-User-Id."),
     Option("auth", "noauth_roles", "admin,member,reader", "Roles of a noauth caller that sends no X-Roles."),
     Option("auth", "policy_file", "", "YAML or JSON file overriding policy rules."),
-    Option("auth", "keystone_url", "", "Keystone URL (without /v3) used to validate tokens (keystone strategy)."),
-    Option("auth", "keystone_username", "", "Service user that validates tokens."),
-    Option("auth", "keystone_password", "", "Password of the service user."),
-    Option("auth", "keystone_project", "service", "Project of the service user."),
-    Option("auth", "keystone_domain", "Default", "Domain of the service user and its project."),
-    Option("auth", "token_cache_seconds", 300, "How long a validated token is trusted without asking Keystone."),
+    Option("auth", "token_cache_size", 10000, "Most validated Keystone tokens kept in the cache; the least "
+           "recently used go first."),
+    # Keystone (the keystone strategy): keystonemiddleware's own [keystone_authtoken] options.
+    Option("keystone_authtoken", "www_authenticate_uri", "", "Public Keystone URL clients are sent to in "
+           "WWW-Authenticate (default: auth_url)."),
+    Option("keystone_authtoken", "auth_url", "", "Keystone URL the service user logs in at, e.g. "
+           "http://keystone:5000/v3 (keystone strategy: required)."),
+    Option("keystone_authtoken", "auth_type", "password", "keystoneauth1 plugin the service user logs in with."),
+    Option("keystone_authtoken", "username", "", "Service user that validates tokens (password: required)."),
+    Option("keystone_authtoken", "password", "", "Password of the service user (password: required)."),
+    Option("keystone_authtoken", "project_name", "service", "Project of the service user."),
+    Option("keystone_authtoken", "user_domain_name", "Default", "Domain of the service user."),
+    Option("keystone_authtoken", "project_domain_name", "Default", "Domain of the service user's project."),
+    Option("keystone_authtoken", "interface", "internal", "Which of Keystone's catalog endpoints validates "
+           "tokens: public, internal or admin."),
+    Option("keystone_authtoken", "region_name", "", "Region of Keystone's endpoint in the catalog."),
+    Option("keystone_authtoken", "cafile", "", "CA bundle that verifies Keystone's HTTPS certificate."),
+    Option("keystone_authtoken", "insecure", False, "Do not verify Keystone's HTTPS certificate."),
+    Option("keystone_authtoken", "token_cache_time", 300, "Seconds a validated token is trusted without asking "
+           "Keystone again, never past its expires_at; 0 asks every time."),
+    Option("keystone_authtoken", "http_connect_timeout", 5, "Seconds to wait for Keystone to connect, and for "
+           "each read of its answer."),
+    Option("keystone_authtoken", "http_request_max_retries", 3, "Retries of a request to Keystone that could "
+           "not connect; then the caller gets 503."),
     Option("worker", "threads", 4, "Tasks one worker process runs at once."),
     Option("worker", "lease_seconds", 15, "A task whose worker stops heartbeating is taken over after this."),
     Option("worker", "poll_interval", 0.2, "Seconds an idle worker waits between looks at the queue."),

@@ -15,6 +15,11 @@ class InvalidTransition(Exception):
         super().__init__(f"{machine}: event {event!r} is not allowed in state {state!r}")
         self.machine, self.state, self.event = machine, state, event
 
+    @property
+    def refusal(self) -> str:
+        """What Magnum answers (400) for an operation on a busy object."""
+        return f'Updating a {self.machine} when status is "{self.state}" is not supported.'
+
 
 @dataclass(frozen=True)
 class StateMachine:
@@ -59,6 +64,8 @@ CLUSTER_STATUSES = (
     SNAPSHOT_COMPLETE, CHECK_COMPLETE, ADOPT_COMPLETE,
 )
 FAILED_STATUSES = frozenset({CREATE_FAILED, UPDATE_FAILED, DELETE_FAILED, ROLLBACK_FAILED, RESUME_FAILED})
+IN_PROGRESS_STATUSES = frozenset({CREATE_IN_PROGRESS, UPDATE_IN_PROGRESS, DELETE_IN_PROGRESS, ROLLBACK_IN_PROGRESS})
+DELETE_STATUSES = frozenset({DELETE_IN_PROGRESS, DELETE_FAILED, DELETE_COMPLETE})
 # Magnum's "stable-OK" set: the states from which an update may start.
 STABLE_STATUSES = frozenset({
     CREATE_COMPLETE, UPDATE_COMPLETE, RESUME_COMPLETE, RESTORE_COMPLETE, ROLLBACK_COMPLETE,
@@ -70,18 +77,21 @@ HEALTH_STATUSES = ("HEALTHY", "UNHEALTHY", "UNKNOWN")
 def _outcomes() -> dict[tuple[str | None, str], str]:
     """Create, update and delete each start in progress and end complete or failed."""
     table: dict[tuple[str | None, str], str] = {(None, "create"): CREATE_IN_PROGRESS}
-    for operation in ("CREATE", "UPDATE", "DELETE"):
-        table[(f"{operation}_IN_PROGRESS", "succeed")] = f"{operation}_COMPLETE"
-        table[(f"{operation}_IN_PROGRESS", "fail")] = f"{operation}_FAILED"
+    for started, complete, failed in ((CREATE_IN_PROGRESS, CREATE_COMPLETE, CREATE_FAILED),
+                                      (UPDATE_IN_PROGRESS, UPDATE_COMPLETE, UPDATE_FAILED),
+                                      (DELETE_IN_PROGRESS, DELETE_COMPLETE, DELETE_FAILED)):
+        table[(started, "succeed")] = complete
+        table[(started, "fail")] = failed
     return table
 
 
 def _cluster_transitions() -> dict[tuple[str | None, str], str]:
     table = _outcomes()
-    # PATCH, upgrade, CA rotation and nodegroup changes start only from a stable state.
+    # PATCH, upgrade, CA rotation and auto-heal start only from a stable state.
     for state in STABLE_STATUSES:
         table[(state, "update")] = UPDATE_IN_PROGRESS
-    # Resize may also repair a failed update, or follow one still in progress (it queues).
+    # Resize and nodegroup changes may also repair a failed update, or follow one still in
+    # progress (Magnum accepts both): they queue behind it, one operation per cluster.
     for state in STABLE_STATUSES | {UPDATE_FAILED, UPDATE_IN_PROGRESS}:
         table[(state, "resize")] = UPDATE_IN_PROGRESS
     # Delete is accepted from anywhere but a finished delete.
@@ -96,8 +106,9 @@ CLUSTER = StateMachine("cluster", _cluster_transitions())
 # Nodegroups share the enum; their own operations move them, the cluster moves alongside.
 NODEGROUP = StateMachine("nodegroup", {
     **_outcomes(),
-    # A nodegroup may be changed again after a failure (the cluster's resize repairs it).
-    **{(s, "update"): UPDATE_IN_PROGRESS for s in STABLE_STATUSES | FAILED_STATUSES},
+    # A nodegroup may be changed again after a failure (a resize repairs it), or while an
+    # update of it is still under way (the change queues behind it).
+    **{(s, "update"): UPDATE_IN_PROGRESS for s in STABLE_STATUSES | FAILED_STATUSES | {UPDATE_IN_PROGRESS}},
     **{(s, "delete"): DELETE_IN_PROGRESS for s in CLUSTER_STATUSES if s != DELETE_COMPLETE},
 })
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import signal
 import socket
@@ -52,12 +53,12 @@ def base_env(data_dir: Path, **settings: str) -> dict:
 
 
 class Process:
-    """A jeroboam command run as a child; stopped by its PID only."""
+    """A jeroboam command (or, with `program`, another one) run as a child; stopped by its PID only."""
 
-    def __init__(self, args: list[str], env: dict, log: Path):
+    def __init__(self, args: list[str], env: dict, log: Path, program: list[str] = JEROBOAM):
         self.log_path = log
         self.log = open(log, "ab")
-        self.proc = subprocess.Popen(JEROBOAM + args, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(program + args, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      cwd=ROOT)
 
     @property
@@ -162,3 +163,18 @@ class Api:
         r = self.http.post("/v1/clusters", json={"cluster_template_id": template, **extra})
         assert r.status_code == 202, r.text
         return r.json()["uuid"], r.headers["Location"].rsplit("/", 1)[1]
+
+
+def task_of(reply) -> str:
+    assert reply.status_code in (202, 204), reply.text
+    return reply.headers["Location"].rsplit("/", 1)[1]
+
+
+def one_at_a_time(api: Api, task_uuids: list[str], timeout: float = 60) -> list[dict]:
+    """Wait for the tasks; assert that no two of them ran at the same time."""
+    tasks = [api.wait_task(t, timeout=timeout) for t in task_uuids]
+    spans = sorted((datetime.datetime.fromisoformat(t["started_at"]),
+                    datetime.datetime.fromisoformat(t["finished_at"]), t["action"]) for t in tasks)
+    for (_, end, first), (start, _, then) in zip(spans, spans[1:]):
+        assert end <= start, f"{then} started at {start} while {first} ran until {end}"
+    return tasks

@@ -9,7 +9,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.support import Api, Process, base_env, split_service
+from tests.support import Api, Process, base_env, one_at_a_time, split_service, task_of
 
 ADMIN_URL = os.environ.get("JEROBOAM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1/postgres")
 
@@ -92,6 +92,24 @@ def test_api_on_postgres_pages_and_isolates(cluster_of_processes):
     second = mine.get(nxt).json()
     assert [t["name"] for t in second["clustertemplates"]] == ["t2", "t1"]
     assert "secret" not in [t["name"] for t in mine.get("/v1/clustertemplates").json()["clustertemplates"]]
+
+
+def test_two_workers_take_one_clusters_tasks_in_turn(cluster_of_processes, database):
+    url, *_ = cluster_of_processes
+    api = Api(url)
+    t = api.template(name="turns", labels={"test_delay": "0.3"})
+    cluster, _ = api.cluster(t["uuid"])
+    api.wait_cluster(cluster, {"CREATE_COMPLETE"})
+    tasks = [task_of(api.post(f"/v1/clusters/{cluster}/actions/resize", json={"node_count": 3}))]
+    tasks += [task_of(api.post(f"/v1/clusters/{cluster}/nodegroups", json={"name": f"ng{i}"})) for i in range(3)]
+    finished = one_at_a_time(api, [t["uuid"] for t in api.get(f"/v1/tasks?lock_key={cluster}").json()["tasks"]])
+    assert {task["state"] for task in finished} == {"SUCCEEDED"} and len(finished) == 5
+    assert api.wait_cluster(cluster, {"UPDATE_COMPLETE"})["node_count"] == 6
+    # The database itself refuses a second running task of the cluster.
+    with psycopg.connect(database) as conn:
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("UPDATE tasks SET state = 'RUNNING' WHERE uuid = ANY(%s)", (tasks[:2],))
+        conn.rollback()
 
 
 def test_metrics_on_postgres(cluster_of_processes):

@@ -148,7 +148,7 @@ def test_root_documents_and_openapi(server):
 def test_mservices_need_admin(alice, admin):
     assert alice.get("/v1/mservices").status_code == 403
     services = admin.get("/v1/mservices").json()["mservices"]
-    assert services[0]["binary"] == "jeroboam-worker" and services[0]["state"] == "up"
+    assert services[0]["binary"] == "magnum-conductor" and services[0]["state"] == "up"
 
 
 def test_config_sample_and_environment():

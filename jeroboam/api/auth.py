@@ -2,18 +2,39 @@
 
 noauth takes X-Project-Id, X-User-Id and X-Roles as a trusted proxy (or a test)
 would set them; a caller sending none of them gets the configured defaults, so
-that plain `curl` and `openstack --os-auth-type none` work. keystone validates X-Auth-Token against
-Keystone's /v3/auth/tokens and keeps the answer for token_cache_seconds.
+that plain `curl` and `openstack --os-auth-type none` work.
+
+keystone hands X-Auth-Token to keystonemiddleware's auth_token, called as the
+WSGI middleware it is (its own [keystone_authtoken] options, retries, and 503
+when Keystone cannot be reached), in a worker thread so that a slow Keystone
+never stalls the event loop. A bounded LRU cache sits in front of it; an entry
+lives token_cache_time seconds but never past the token's expires_at.
+
+Either way a role implies the roles Keystone's defaults say it does.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
-from jeroboam.api.errors import Unauthorized
+from jeroboam.api.errors import Forbidden, ServiceUnavailable, Unauthorized
 from jeroboam.api.policy import expand_roles
+
+LOG = logging.getLogger("jeroboam.keystone")
+Identity = tuple[str, str, frozenset[str]]
+
+GROUP = "keystone_authtoken"
+# Options of the middleware itself, handed over as a paste pipeline would (empty ones left to its defaults),
+MIDDLEWARE_OPTIONS = ("www_authenticate_uri", "auth_type", "interface", "region_name", "cafile", "insecure",
+                      "http_connect_timeout", "http_request_max_retries")
+# and those of the service user's keystoneauth1 plugin, which the middleware reads from oslo.config.
+PLUGIN_OPTIONS = ("auth_url", "username", "password", "project_name", "user_domain_name", "project_domain_name")
+# What each service-user plugin cannot do without.
+REQUIRED = {"password": ("auth_url", "username", "password"), "v3password": ("auth_url", "username", "password")}
 
 
 @dataclass(frozen=True)
@@ -39,7 +60,7 @@ class NoAuth:
         self.user = settings.get("auth", "noauth_user")
         self.roles = settings.get("auth", "noauth_roles")
 
-    def identify(self, headers) -> tuple[str, str, frozenset[str]]:
+    async def identify(self, headers) -> Identity:
         project = headers.get("x-project-id") or headers.get("x-tenant-id")
         roles = headers.get("x-roles")
         if project is None and roles is None:
@@ -49,52 +70,114 @@ class NoAuth:
         return project or self.project, headers.get("x-user-id") or self.user, _split_roles(roles or "")
 
 
-class KeystoneAuth:
-    def __init__(self, settings):
-        from keystoneauth1 import session as ks_session
-        from keystoneauth1.identity import v3
+def _accept(environ, start_response):
+    """The application behind the middleware: reached only with a valid token."""
+    start_response("204 No Content", [])
+    return []
 
-        self.url = settings.get("auth", "keystone_url").rstrip("/")
-        domain = settings.get("auth", "keystone_domain")
-        auth = v3.Password(
-            auth_url=f"{self.url}/v3", username=settings.get("auth", "keystone_username"),
-            password=settings.get("auth", "keystone_password"),
-            project_name=settings.get("auth", "keystone_project"),
-            user_domain_name=domain, project_domain_name=domain)
-        self.session = ks_session.Session(auth=auth)
-        self.ttl = float(settings.get("auth", "token_cache_seconds"))
-        self._cache: dict[str, tuple[float, tuple]] = {}
+
+class _NoCache:
+    """The middleware's token cache (its `cache` option): a no-op, since the bounded cache in
+    front of the middleware replaces its in-process one, which has no size limit."""
+
+    def get(self, key):
+        return None
+
+    def set(self, key, value, time=0):
+        pass
+
+
+_NO_CACHE = _NoCache()
+
+
+class KeystoneAuth:
+    CACHE_KEY = "jeroboam.keystone.no_cache"
+
+    def __init__(self, settings):
+        import cachetools
+        from keystoneauth1 import loading
+        from keystonemiddleware import auth_token
+        from oslo_config import cfg
+
+        conf = {name: settings.get(GROUP, name) for name in MIDDLEWARE_OPTIONS}
+        conf = {name: value for name, value in conf.items() if value != ""}
+        conf.setdefault("www_authenticate_uri", settings.get(GROUP, "auth_url"))
+        self.challenge = {"WWW-Authenticate": f'Keystone uri="{conf["www_authenticate_uri"]}"'}
+        # A private oslo.config object, so that nothing reads or registers on the process-global one.
+        local = cfg.ConfigOpts()
+        local([], project="jeroboam", default_config_files=[], default_config_dirs=[])
+        local.register_opts(loading.get_auth_plugin_conf_options(conf["auth_type"]), group=GROUP)
+        for name in PLUGIN_OPTIONS:
+            if settings.get(GROUP, name):
+                local.set_override(name, settings.get(GROUP, name), group=GROUP)
+        self._middleware = auth_token.AuthProtocol(_accept, {
+            **conf, "oslo_config_config": local, "cache": self.CACHE_KEY,
+            "delay_auth_decision": False, "service_token_roles_required": True})
+        self.ttl = float(settings.get(GROUP, "token_cache_time"))
+        self._cache = cachetools.TLRUCache(maxsize=max(1, int(settings.get("auth", "token_cache_size"))),
+                                           ttu=lambda _token, entry, _now: entry[1], timer=time.monotonic)
         self._lock = threading.Lock()
 
-    def identify(self, headers) -> tuple[str, str, frozenset[str]]:
-        token = headers.get("x-auth-token")
+    async def identify(self, headers) -> Identity:
+        import anyio.to_thread
+
+        token = (headers.get("x-auth-token") or "").strip()
         if not token:
-            raise Unauthorized("no token", headers={"WWW-Authenticate": f'Keystone uri="{self.url}"'})
-        now = time.monotonic()
+            raise Unauthorized("no token", headers=self.challenge)
         with self._lock:
-            hit = self._cache.get(token)
-        if hit and hit[0] > now:
-            return hit[1]
-        identity = self._validate(token)
-        with self._lock:
-            self._cache[token] = (now + self.ttl, identity)
+            entry = self._cache.get(token)
+        if entry is not None:
+            return entry[0]
+        identity, deadline = await anyio.to_thread.run_sync(self._validate, token)
+        if self.ttl > 0:
+            with self._lock:
+                self._cache[token] = (identity, deadline)
         return identity
 
-    def _validate(self, token: str):
-        response = self.session.get(
-            f"{self.url}/v3/auth/tokens", headers={"X-Subject-Token": token}, raise_exc=False)
-        if response.status_code != 200:
-            raise Unauthorized("invalid token", headers={"WWW-Authenticate": f'Keystone uri="{self.url}"'})
-        body = response.json()["token"]
-        roles = expand_roles(r["name"].lower() for r in body.get("roles", []))
-        project = (body.get("project") or {}).get("id") or body["user"]["id"]
-        return project, body["user"]["id"], roles
+    def _validate(self, token: str) -> tuple[Identity, float]:
+        """Ask keystonemiddleware (blocking); returns the identity and until when it may be cached."""
+        import webob
+        from keystoneauth1 import access
+        from keystoneauth1 import exceptions as ksa_exceptions
+
+        request = webob.Request.blank("/", headers={"X-Auth-Token": token}, environ={self.CACHE_KEY: _NO_CACHE})
+        try:
+            status = request.get_response(self._middleware).status_int
+        except ksa_exceptions.ConnectionError as exc:
+            # The middleware answers 503 for a refused connection but lets a timed-out one through.
+            LOG.error("Keystone did not answer: %s", exc)
+            status = 503
+        if status == 503:
+            raise ServiceUnavailable("The Keystone service is temporarily unavailable.")
+        if status != 204:
+            raise Unauthorized("invalid token", headers=self.challenge)
+        # The middleware leaves Keystone's answer in the request environment.
+        auth_ref = access.create(body=request.environ["keystone.token_info"], auth_token=token)
+        if not auth_ref.project_id:
+            raise Forbidden("A project-scoped token is required.")
+        identity = (auth_ref.project_id, auth_ref.user_id,
+                    expand_roles(r.lower() for r in auth_ref.role_names))
+        remaining = (auth_ref.expires - datetime.now(timezone.utc)).total_seconds()
+        return identity, time.monotonic() + min(self.ttl, remaining)
+
+
+def check_settings(settings) -> str | None:
+    """What keeps the configured strategy from working, in one line; None when nothing does."""
+    strategy = settings.get("auth", "strategy")
+    if strategy == "noauth":
+        return None
+    if strategy != "keystone":
+        return f"unknown [auth] strategy {strategy!r} (noauth or keystone)"
+    auth_type = settings.get(GROUP, "auth_type")
+    missing = [name for name in REQUIRED.get(auth_type, ("auth_url",)) if not settings.get(GROUP, name)]
+    if missing:
+        return (f"--auth keystone needs [keystone_authtoken] {', '.join(missing)} "
+                f"(or JEROBOAM_KEYSTONE_AUTHTOKEN_{missing[0].upper()})")
+    return None
 
 
 def make_auth(settings):
-    strategy = settings.get("auth", "strategy")
-    if strategy == "noauth":
-        return NoAuth(settings)
-    if strategy == "keystone":
-        return KeystoneAuth(settings)
-    raise ValueError(f"unknown auth strategy {strategy!r} (noauth or keystone)")
+    problem = check_settings(settings)
+    if problem:
+        raise ValueError(problem)
+    return KeystoneAuth(settings) if settings.get("auth", "strategy") == "keystone" else NoAuth(settings)

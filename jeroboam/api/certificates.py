@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from jeroboam import pki, states
+from jeroboam import pki
 from jeroboam.api import schemas
-from jeroboam.api.clusters import accepted, driver_of, lookup as lookup_cluster, start
+from jeroboam.api.clusters import accepted, driver_of, lookup as lookup_cluster
 from jeroboam.api.errors import BadRequest, NotFound
 from jeroboam.api.routing import Endpoint, Reply, Resource
 from jeroboam.db.models import ClusterTemplate
@@ -43,10 +43,7 @@ def rotate_ca(call):
         sa.select(ClusterTemplate.tls_disabled).where(ClusterTemplate.uuid == cluster.cluster_template_id))
     if tls_disabled:
         raise BadRequest("Rotating the CA certificate on a non-TLS cluster is not supported.")
-    if cluster.status not in states.STABLE_STATUSES:
-        raise BadRequest(f'Updating a cluster when status is "{cluster.status}" is not supported.')
-    start(cluster, "update")
-    return accepted(call, cluster, "cluster.rotate_ca")
+    return accepted(call, cluster, "cluster.rotate_ca", [(cluster, "update")])
 
 
 def rotate_credential(call):

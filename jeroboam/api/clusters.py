@@ -14,6 +14,7 @@ from jeroboam.api.clustertemplates import lookup as lookup_template
 from jeroboam.api.common import find_one, is_uuid, iso, listing, page
 from jeroboam.api.errors import BadRequest, Conflict, Forbidden, NotFound
 from jeroboam.api.routing import Endpoint, Reply, Resource
+from jeroboam.db.base import new_uuid
 from jeroboam.db.models import Cluster, ClusterTemplate, NodeGroup, Quota
 from jeroboam.drivers import Driver, DriverNotFound
 from jeroboam.tasks import queue
@@ -112,17 +113,10 @@ def driver_of(call, template) -> Driver:
                          "not supported.") from None
 
 
-def start(cluster, event: str) -> None:
-    """Apply a starting transition, or answer 400 as Magnum does for a busy cluster."""
-    if not states.CLUSTER.allows(cluster.status, event):
-        raise BadRequest(f'Updating a cluster when status is "{cluster.status}" is not supported.')
-    cluster.status = states.CLUSTER.next(cluster.status, event)
-    cluster.status_reason = None
-
-
-def accepted(call, cluster, action: str, payload: dict | None = None) -> Reply:
-    """Queue the task for `action` and answer 202 {"uuid"} naming the task in Location."""
-    return Reply({"uuid": cluster.uuid}, 202, call.queue_task(action, "cluster", cluster.uuid, payload))
+def accepted(call, cluster, action: str, begin: list, payload: dict | None = None) -> Reply:
+    """Queue the task for `action`, beginning it on the (object, event) pairs of `begin`, and
+    answer 202 {"uuid"} naming the task in Location."""
+    return Reply({"uuid": cluster.uuid}, 202, call.queue_task(action, "cluster", cluster.uuid, payload, begin))
 
 
 # -- handlers -------------------------------------------------------------------------------------
@@ -210,23 +204,21 @@ def create(call):
             values[name] = value
     values.setdefault("create_timeout", 60)
     ca = pki.new_ca("jeroboam cluster CA")
-    cluster = Cluster(project_id=call.ctx.project_id, user_id=call.ctx.user_id, cluster_template_id=template.uuid,
-                      labels=labels, status=states.CLUSTER.next(None, "create"), health_status=None,
+    uuid = new_uuid()
+    values["name"] = values.get("name") or f"cluster-{uuid[:8]}"
+    cluster = Cluster(uuid=uuid, project_id=call.ctx.project_id, user_id=call.ctx.user_id,
+                      cluster_template_id=template.uuid, labels=labels, health_status=None,
                       health_status_reason={}, ca_cert_pem=ca.cert_pem, ca_key_pem=ca.key_pem, **values)
-    call.session.add(cluster)
-    call.session.flush()
-    if not cluster.name:
-        cluster.name = f"cluster-{cluster.uuid[:8]}"
-    group_status = states.NODEGROUP.next(None, "create")
-    common = dict(cluster_id=cluster.uuid, project_id=cluster.project_id, is_default=True, status=group_status,
+    common = dict(cluster_id=cluster.uuid, project_id=cluster.project_id, is_default=True,
                   image_id=template.image_id, labels=dict(labels), docker_volume_size=cluster.docker_volume_size)
-    call.session.add_all([
+    groups = [
         NodeGroup(name="default-master", role="master", node_count=master_count,
                   flavor_id=cluster.master_flavor_id, **common),
         NodeGroup(name="default-worker", role="worker", node_count=node_count,
                   min_node_count=int(labels.get("min_node_count", 0)), flavor_id=cluster.flavor_id, **common),
-    ])
-    return accepted(call, cluster, "cluster.create")
+    ]
+    call.session.add_all([cluster, *groups])
+    return accepted(call, cluster, "cluster.create", [(o, "create") for o in (cluster, *groups)])
 
 
 def update(call):
@@ -251,11 +243,10 @@ def update(call):
         return Reply({"uuid": cluster.uuid}, 202)
     node_count = checked["node_count"]
     _check_bounds(worker, node_count)
-    start(cluster, "update")
-    worker.status = states.NODEGROUP.next(worker.status, "update")
     restore = {"nodegroup": worker.uuid, "node_count": worker.node_count}
     worker.node_count = node_count
-    return accepted(call, cluster, "cluster.update", {"restore_node_count": restore})
+    return accepted(call, cluster, "cluster.update", [(cluster, "update"), (worker, "update")],
+                    {"restore_node_count": restore})
 
 
 def _check_bounds(group: NodeGroup, node_count: int) -> None:
@@ -269,10 +260,10 @@ def delete(call):
     call.state.policy.authorize("cluster:delete", call.ctx, cluster.project_id)
     if cluster.status == states.DELETE_IN_PROGRESS:
         return Reply(None, 204)
-    cluster.status = states.CLUSTER.next(cluster.status, "delete")
-    cluster.status_reason = None
+    begin = [(cluster, "delete"), *((g, "delete") for g in groups_of(call.session, cluster))]
+    headers = call.queue_task("cluster.delete", "cluster", cluster.uuid, begin=begin)
     queue.cancel_unfinished(call.session, cluster.uuid, CANCELLED_BY_DELETE)
-    return Reply(None, 204, call.queue_task("cluster.delete", "cluster", cluster.uuid))
+    return Reply(None, 204, headers)
 
 
 def resize(call):
@@ -285,12 +276,9 @@ def resize(call):
         raise BadRequest("Resizing the master nodegroup is not supported by this driver.")
     node_count = call.body["node_count"]
     _check_bounds(group, node_count)
-    start(cluster, "resize")
-    if states.NODEGROUP.allows(group.status, "update"):
-        group.status = states.NODEGROUP.next(group.status, "update")
     restore = {"nodegroup": group.uuid, "node_count": group.node_count}
     group.node_count = node_count
-    return accepted(call, cluster, "cluster.resize", {
+    return accepted(call, cluster, "cluster.resize", [(cluster, "resize"), (group, "update")], {
         "nodegroup": group.uuid, "node_count": node_count,
         "nodes_to_remove": call.body.get("nodes_to_remove") or [], "restore_node_count": restore})
 
@@ -308,10 +296,7 @@ def upgrade(call):
     driver = driver_of(call, template)
     if type(driver).upgrade_cluster is Driver.upgrade_cluster:
         raise BadRequest(f"Upgrading a cluster is not supported by the {driver.name} driver.")
-    if cluster.status not in states.STABLE_STATUSES:
-        raise BadRequest(f'Updating a cluster when status is "{cluster.status}" is not supported.')
-    start(cluster, "update")
-    return accepted(call, cluster, "cluster.upgrade", {
+    return accepted(call, cluster, "cluster.upgrade", [(cluster, "update")], {
         "cluster_template": template.uuid, "max_batch_size": call.body.get("max_batch_size") or 1,
         "nodegroup": group.uuid})
 

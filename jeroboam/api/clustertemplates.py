@@ -10,7 +10,7 @@ from jeroboam.api.errors import BadRequest, Forbidden
 from jeroboam.api.routing import Endpoint, Reply, Resource
 from jeroboam.api.validation import Body
 from jeroboam.db.models import Cluster, ClusterTemplate
-from jeroboam.drivers import DriverNotFound
+from jeroboam.drivers import COE_DRIVERS, DriverNotFound
 
 FIELDS = [
     "uuid", "name", "coe", "image_id", "flavor_id", "master_flavor_id", "dns_nameserver", "keypair_id",
@@ -24,7 +24,7 @@ NON_REMOVABLE = frozenset({"/coe", "/image_id", "/network_driver", "/external_ne
                            "/public", "/server_type", "/registry_enabled", "/cluster_distro", "/hidden"})
 # The only changes allowed while clusters use the template.
 CHANGEABLE_IN_USE = frozenset({"name", "public", "hidden", "tags"})
-PATCH_RESULT = Body("cluster_template", {**schemas.TEMPLATE, "additionalProperties": True})
+PATCH_RESULT = Body("cluster_template", {**schemas.TEMPLATE, "additionalProperties": True}, patched=True)
 
 
 def view(call, t) -> dict:
@@ -75,6 +75,18 @@ def _resolve_driver(call, values: dict) -> str:
         raise BadRequest(str(exc)) from None
 
 
+def _check_coe_drivers(values: dict) -> None:
+    """Magnum's check of network_driver and volume_driver against the COE; fills in the
+    COE's default network driver."""
+    coe_drivers = COE_DRIVERS.get(values["coe"])
+    if coe_drivers is None:
+        return
+    try:
+        values["network_driver"] = coe_drivers.check(values.get("network_driver"), values.get("volume_driver"))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
 def _list(call, detail: bool):
     call.state.policy.authorize("clustertemplate:detail" if detail else "clustertemplate:get_all", call.ctx)
     stmt = sa.select(*ClusterTemplate.__table__.c).where(visible(call.ctx))
@@ -108,9 +120,11 @@ def create(call):
     values = dict(call.body)
     call.state.policy.authorize("clustertemplate:create", call.ctx)
     _authorize_publish(call, values)
+    _check_coe_drivers(values)
     catalog = call.state.settings.image_catalog
     if values["image_id"] not in catalog:
         raise BadRequest(f"Image {values['image_id']} could not be found.")
+    # A cluster_distro sent by the client is accepted and, as in Magnum, replaced by the image's.
     values["cluster_distro"] = catalog[values["image_id"]]
     values.setdefault("server_type", "vm")
     values["driver"] = _resolve_driver(call, values)
@@ -131,6 +145,9 @@ def update(call):
     if changed - CHANGEABLE_IN_USE and in_use(call.session, template):
         raise BadRequest(f"ClusterTemplate {template.uuid} is referenced by one or multiple clusters.")
     _authorize_publish(call, {k: after.get(k) for k in ("public", "hidden") if k in changed})
+    if changed & {"coe", "network_driver", "volume_driver"}:
+        _check_coe_drivers(after)
+        changed.add("network_driver")
     if "image_id" in changed:
         catalog = call.state.settings.image_catalog
         if after["image_id"] not in catalog:

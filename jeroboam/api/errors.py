@@ -40,6 +40,13 @@ class Conflict(APIError):
     status = 409
 
 
+class ServiceUnavailable(APIError):
+    """A service this one depends on (Keystone) cannot be reached."""
+
+    status = 503
+    code = "server"
+
+
 class NotAcceptable(APIError):
     """A header or version the router cannot serve: Magnum's webob-style body, no code."""
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from jeroboam import states
 from jeroboam.api import patch, schemas
-from jeroboam.api.clusters import find_nodegroup, lookup as lookup_cluster, start
+from jeroboam.api.clusters import find_nodegroup, lookup as lookup_cluster
 from jeroboam.api.common import iso, listing, page
 from jeroboam.api.errors import BadRequest, Conflict
 from jeroboam.api.routing import Endpoint, Reply, Resource
 from jeroboam.api.validation import Body
+from jeroboam.db.base import new_uuid
 from jeroboam.db.models import ClusterTemplate, NodeGroup
 
 LIST_FIELDS = ["uuid", "name", "flavor_id", "node_count", "role", "is_default", "image_id", "status", "stack_id"]
@@ -21,7 +21,8 @@ INTERNAL = frozenset({"/name", "/cluster_id", "/docker_volume_size", "/labels", 
                       "/node_addresses", "/node_count", "/role", "/is_default", "/stack_id", "/status",
                       "/status_reason", "/version"})
 PATCH_RESULT = Body("nodegroup", {"type": "object", "properties": {
-    k: schemas.NODEGROUP_PROPERTIES[k] for k in ("min_node_count", "max_node_count", "node_labels", "node_taints")}})
+    k: schemas.NODEGROUP_PROPERTIES[k] for k in ("min_node_count", "max_node_count", "node_labels", "node_taints")}},
+    patched=True)
 # What a `remove` op leaves behind for each patchable attribute.
 REMOVED_VALUE = {"min_node_count": 0, "max_node_count": None, "node_labels": {}, "node_taints": []}
 # Kubelet refuses most labels in its own namespaces; these are the ones it lets a node set.
@@ -115,16 +116,18 @@ def create(call):
     if not values.get("image_id"):
         values["image_id"] = call.session.scalar(
             sa.select(ClusterTemplate.image_id).where(ClusterTemplate.uuid == cluster.cluster_template_id))
-    start(cluster, "update")
-    group = NodeGroup(name=name, cluster_id=cluster.uuid, project_id=cluster.project_id, labels=labels,
-                      is_default=False, status=states.NODEGROUP.next(None, "create"), **values)
+    group = NodeGroup(uuid=new_uuid(), name=name, cluster_id=cluster.uuid, project_id=cluster.project_id,
+                      labels=labels, is_default=False, **values)
     call.session.add(group)
-    call.session.flush()
-    return Reply(view(call, cluster, group), 202, _queue(call, cluster, group, "nodegroup.create"))
+    headers = _queue(call, cluster, group, "nodegroup.create", "create")
+    return Reply(view(call, cluster, group), 202, headers)
 
 
-def _queue(call, cluster, group, action: str) -> dict:
-    return call.queue_task(action, "nodegroup", group.uuid, {"cluster_uuid": cluster.uuid, "nodegroup": group.uuid})
+def _queue(call, cluster, group, action: str, event: str) -> dict:
+    """Queue a nodegroup's task behind every other operation on its cluster (its lock key);
+    a nodegroup change may follow one in progress (Magnum accepts it)."""
+    return call.queue_task(action, "nodegroup", group.uuid, {"cluster_uuid": cluster.uuid, "nodegroup": group.uuid},
+                           [(cluster, "resize"), (group, event)], lock_key=cluster.uuid)
 
 
 def update(call):
@@ -137,10 +140,8 @@ def update(call):
     _check_node_settings(group.role, {**before, **checked, "node_count": group.node_count})
     for name in changed:
         setattr(group, name, checked.get(name, REMOVED_VALUE[name]))
-    start(cluster, "update")
-    group.status = states.NODEGROUP.next(group.status, "update")
-    call.session.flush()
-    return Reply(view(call, cluster, group), 202, _queue(call, cluster, group, "nodegroup.update"))
+    headers = _queue(call, cluster, group, "nodegroup.update", "update")
+    return Reply(view(call, cluster, group), 202, headers)
 
 
 def delete(call):
@@ -148,9 +149,7 @@ def delete(call):
     group = find_nodegroup(call.session, cluster, call.path["ident"])
     if group.is_default:
         raise BadRequest("Deleting a default nodegroup is not supported.")
-    start(cluster, "update")
-    group.status = states.NODEGROUP.next(group.status, "delete")
-    return Reply(None, 204, _queue(call, cluster, group, "nodegroup.delete"))
+    return Reply(None, 204, _queue(call, cluster, group, "nodegroup.delete", "delete"))
 
 
 NODEGROUP_RESPONSE = {"$ref": "#/components/schemas/NodeGroup"}

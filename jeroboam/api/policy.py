@@ -62,7 +62,6 @@ DEFAULTS = {
 }
 
 
-
 def resource_type_defaults() -> dict[str, str]:
     """`resource_types:<TYPE>`, as Heat names them: types safe for tenants are open to anyone
     who may create stacks; providers' types (and plugins that cannot load) to admins only,
@@ -71,14 +70,17 @@ def resource_type_defaults() -> dict[str, str]:
             else ADMIN for name in registry.types()}
 
 
-# Keystone's default role implications, so noauth callers saying "member" may also read.
-IMPLIED = {"admin": ("member", "reader"), "member": ("reader",)}
+# Keystone's default role implications (keystone-manage bootstrap: admin -> member -> reader),
+# applied in both auth modes so that a caller holding "member" may also read.
+IMPLIED = {"admin": "member", "member": "reader"}
 
 
 def expand_roles(roles) -> frozenset[str]:
-    expanded = set(roles)
+    expanded = set()
     for role in roles:
-        expanded.update(IMPLIED.get(role, ()))
+        while role and role not in expanded:
+            expanded.add(role)
+            role = IMPLIED.get(role)
     return frozenset(expanded)
 
 

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from jeroboam import lifecycle
 from jeroboam.api import microversions
 from jeroboam.api.auth import RequestContext
-from jeroboam.api.errors import APIError, error_body, router_error
+from jeroboam.api.errors import APIError, BadRequest, error_body, router_error
 from jeroboam.api.schemas import pick
 from jeroboam.api.validation import Body, Query, parse_json
+from jeroboam.states import InvalidTransition
 from jeroboam.tasks import queue
 
 LOG = logging.getLogger("jeroboam.api")
@@ -57,10 +59,17 @@ class Call:
     def version(self) -> tuple[int, int]:
         return self.ctx.version
 
-    def queue_task(self, action: str, resource_type: str, resource_uuid: str, payload: dict | None = None) -> dict:
-        """Queue a task in this request's transaction; returns the header naming it."""
-        task = queue.enqueue(self.session, action, resource_type, resource_uuid, self.ctx.project_id,
-                             self.ctx.user_id, payload)
+    def queue_task(self, action: str, resource_type: str, resource_uuid: str, payload: dict | None = None,
+                   begin: Iterable[tuple[object, str]] = (), lock_key: str | None = None) -> dict:
+        """Queue a task in this request's transaction, beginning its operation on the clusters
+        and nodegroups of `begin` ((object, event) pairs; 400 where the state table refuses);
+        returns the header naming the task."""
+        try:
+            task = lifecycle.begin(self.session, begin, lambda: queue.enqueue(
+                self.session, action, resource_type, resource_uuid, self.ctx.project_id, self.ctx.user_id,
+                payload, lock_key))
+        except InvalidTransition as exc:
+            raise BadRequest(exc.refusal) from None
         self.enqueued = True
         return {"Location": f"{self.base_url}/v1/tasks/{task.uuid}"}
 
@@ -114,7 +123,7 @@ class Resource:
         try:
             if version < endpoint.min_version:
                 raise microversions.too_old(version)
-            project, user, roles = state.auth.identify(request.headers)
+            project, user, roles = await state.auth.identify(request.headers)
             ctx = RequestContext(project, user, roles, request_id, version)
             query = self._check_query(endpoint, version, request)
             body = await self._check_body(endpoint, version, request)

@@ -61,7 +61,7 @@ TEMPLATE_PROPERTIES = {
     "server_type": {"type": ["string", "null"], "enum": SERVER_TYPES + [None]},
     "flavor_id": string(), "master_flavor_id": string(), "keypair_id": string(),
     "external_network_id": string(), "fixed_network": string(), "fixed_subnet": string(),
-    "network_driver": string(), "volume_driver": string(),
+    "network_driver": string(), "volume_driver": string(), "cluster_distro": string(),
     "dns_nameserver": {"type": ["string", "null"],
                        "pattern": r"^[0-9a-fA-F.:]+( *, *[0-9a-fA-F.:]+)*$",
                        "x-error": {"pattern": "Value should be an IP address or a comma-separated list of them"}},
@@ -76,7 +76,7 @@ TEMPLATE_PROPERTIES = {
 }
 TEMPLATE = {"type": "object", "properties": TEMPLATE_PROPERTIES, "required": ["coe", "image_id"],
             "additionalProperties": False}
-TEMPLATE_CREATE = versioned(((1, 1), Body("cluster_template", TEMPLATE, COMMON_READ_ONLY | {"cluster_distro"})))
+TEMPLATE_CREATE = versioned(((1, 1), Body("cluster_template", TEMPLATE, COMMON_READ_ONLY)))
 
 # --- clusters ---------------------------------------------------------------------------------
 
@@ -114,11 +114,11 @@ CLUSTER_PATCHED = versioned(
     ((1, 1), Body("cluster", {"type": "object", "properties": {
         "node_count": integer(1, nullable=False, below_minimum=ZERO_NODES_MESSAGE),
         "health_status": {"type": ["string", "null"], "enum": list(states.HEALTH_STATUSES) + [None]},
-        "health_status_reason": {"type": ["object", "null"], "x-stringify-values": True}}})),
+        "health_status_reason": {"type": ["object", "null"], "x-stringify-values": True}}}, patched=True)),
     ((1, 10), Body("cluster", {"type": "object", "properties": {
         "node_count": integer(0, nullable=False),
         "health_status": {"type": ["string", "null"], "enum": list(states.HEALTH_STATUSES) + [None]},
-        "health_status_reason": {"type": ["object", "null"], "x-stringify-values": True}}})),
+        "health_status_reason": {"type": ["object", "null"], "x-stringify-values": True}}}, patched=True)),
 )
 
 
@@ -244,6 +244,7 @@ CLUSTER_PATCH_QUERY = versioned(
 )
 TASK_LIST_QUERY = query(
     resource_uuid={"type": "string"},
+    lock_key={"type": "string"},
     action={"type": "string"},
     state={"type": "string", "enum": list(states.TASK_STATES)},
 )

@@ -17,8 +17,8 @@ from jeroboam.db.models import Service, Task, TaskEvent, TaskStep
 from jeroboam.tasks import queue, registry
 from jeroboam.tasks.worker import BINARY
 
-SUMMARY = ["uuid", "action", "resource_type", "resource_uuid", "project_id", "user_id", "state", "progress",
-           "error", "worker", "attempts", "cancel_requested"]
+SUMMARY = ["uuid", "action", "resource_type", "resource_uuid", "lock_key", "project_id", "user_id", "state",
+           "progress", "error", "worker", "attempts", "cancel_requested"]
 
 
 def _seconds(start, end) -> float | None:
@@ -62,8 +62,8 @@ def lookup(call) -> Task:
 def list_tasks(call):
     call.state.policy.authorize("task:get_all", call.ctx)
     stmt = sa.select(Task).where(visible(call.ctx))
-    stmt, filters = filter_equal(stmt, call.query, {"resource_uuid": Task.resource_uuid, "action": Task.action,
-                                                    "state": Task.state})
+    stmt, filters = filter_equal(stmt, call.query, {
+        "resource_uuid": Task.resource_uuid, "lock_key": Task.lock_key, "action": Task.action, "state": Task.state})
     rows, next_url = page(call, Task, stmt, "tasks", extra_query=filters)
     return listing("tasks", [summary(call, t) for t in rows], next_url)
 
@@ -103,7 +103,7 @@ TASK = {"$ref": "#/components/schemas/Task"}
 
 RESOURCES = [
     Resource("/v1/tasks",
-             get=Endpoint(list_tasks, "List tasks (filter by resource_uuid, action, state)",
+             get=Endpoint(list_tasks, "List tasks (filter by resource_uuid, lock_key, action, state)",
                           query=schemas.TASK_LIST_QUERY,
                           response={"type": "object", "properties": {"tasks": {"type": "array", "items": TASK},
                                                                      "next": {"type": "string"}}})),

@@ -88,6 +88,9 @@ class Body(_Compiled):
     argument: str
     schema: dict
     read_only: frozenset[str] = frozenset()
+    # A PATCHed document: Magnum builds its object from the patched values without parsing
+    # them again, so an integer field holding a string is refused, not converted.
+    patched: bool = False
 
     def check(self, data):
         """Coerce and validate `data`; returns the cleaned value or raises BadRequest."""
@@ -100,6 +103,9 @@ class Body(_Compiled):
                     raise invalid_input(name, value, "Cannot set read only field.")
                 if name not in properties and not self.schema.get("additionalProperties", False):
                     raise BadRequest(f"Unknown attribute for argument {self.argument}: {name}")
+                if self.patched and isinstance(value, str) and "integer" in _types(properties.get(name, {})):
+                    # What Magnum's integer type says when it compares such a string with its minimum.
+                    raise invalid_input(name, value, "'<' not supported between instances of 'str' and 'int'")
             data = {k: coerce(properties[k], v) if k in properties else v for k, v in data.items()}
             # A null optional field is simply unset; a null required one is missing.
             for name in self.schema.get("required", ()):

@@ -41,6 +41,15 @@ def _settings(args) -> config.Settings:
     return config.load(getattr(args, "config", None), overrides)
 
 
+def _check_auth(settings: config.Settings) -> None:
+    """Stop at start-up, in one line, when the auth strategy lacks its settings."""
+    from jeroboam.api.auth import check_settings
+
+    problem = check_settings(settings)
+    if problem:
+        sys.exit(f"jeroboam: {problem}")
+
+
 def _logging(settings: config.Settings) -> None:
     logging.basicConfig(level=str(settings.get("server", "log_level")).upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -164,6 +173,7 @@ def api_process_app():
 
 def cmd_serve(args) -> int:
     settings = _settings(args)
+    _check_auth(settings)
     _logging(settings)
     _listen_address(settings)  # before anything starts: a busy port stops everything at once
     engine = _engine(settings, "any")
@@ -178,6 +188,7 @@ def cmd_serve(args) -> int:
 
 def cmd_api(args) -> int:
     settings = _settings(args)
+    _check_auth(settings)
     _logging(settings)
     _run_api(settings, _engine(settings, "warn"))
     return 0

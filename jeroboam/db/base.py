@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import logging
+import random
+import sqlite3
+import time
 import uuid
 
 import orjson
@@ -10,6 +14,15 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
+
+
+LOG = logging.getLogger("jeroboam.db")
+# Serialization failures and deadlocks: the transaction may simply run again (PostgreSQL's
+# SQLSTATEs; MySQL's lock wait timeout and deadlock error numbers).
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+RETRYABLE_MYSQL_ERRORS = frozenset({1205, 1213})
+RETRY_ATTEMPTS = 6
+RETRY_FIRST_DELAY = 0.05  # seconds, doubled at each attempt, with jitter
 
 
 class Base(DeclarativeBase):
@@ -86,6 +99,33 @@ def make_sessionmaker(engine: sa.Engine) -> sessionmaker:
 
 def is_postgres(engine: sa.Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+def is_contention(exc: BaseException) -> bool:
+    """Whether another transaction was in the way: SQLite busy or locked beyond its busy
+    timeout, a serialization failure or deadlock elsewhere."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
+        return True
+    if exc.orig.args and exc.orig.args[0] in RETRYABLE_MYSQL_ERRORS:
+        return True
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def retrying(transaction, attempts: int = RETRY_ATTEMPTS):
+    """Run transaction() (which opens and commits its own), again with a growing delay when
+    another transaction was in the way."""
+    for attempt in range(attempts):
+        try:
+            return transaction()
+        except sa.exc.DBAPIError as exc:
+            if attempt == attempts - 1 or not is_contention(exc):
+                raise
+            delay = RETRY_FIRST_DELAY * 2 ** attempt * (0.5 + random.random())
+            LOG.warning("database contention (%s); trying again in %.2fs", exc.orig, delay)
+            time.sleep(delay)
 
 
 def locks_rows(engine: sa.Engine) -> bool:

@@ -86,6 +86,8 @@ class Cluster(Base):
     master_lb_enabled: Mapped[bool] = mapped_column(default=False)
     status: Mapped[str] = mapped_column(sa.String(20))
     status_reason: Mapped[str | None] = mapped_column(sa.Text)
+    # The task whose end the status will show (see jeroboam.lifecycle); None when settled.
+    task_id: Mapped[int | None]
     health_status: Mapped[str | None] = mapped_column(sa.String(20))
     health_status_reason: Mapped[dict] = mapped_column(default=dict)
     api_address: Mapped[str | None] = mapped_column(sa.String(255))
@@ -122,6 +124,7 @@ class NodeGroup(Base):
     is_default: Mapped[bool] = mapped_column(default=False)
     status: Mapped[str] = mapped_column(sa.String(20))
     status_reason: Mapped[str | None] = mapped_column(sa.Text)
+    task_id: Mapped[int | None]
     stack_id: Mapped[str | None] = mapped_column(sa.String(255))
     version: Mapped[str | None] = mapped_column(sa.String(20))
     created_at: Mapped[datetime.datetime] = _created()
@@ -132,13 +135,22 @@ class Task(Base):
     """One asynchronous action: the durable queue entry and its public record at once."""
 
     __tablename__ = "tasks"
-    __table_args__ = (sa.Index("ix_tasks_claim", "state", "lease_expires_at"),)
+    __table_args__ = (
+        sa.Index("ix_tasks_claim", "state", "lease_expires_at"),
+        # One running task per lock key, whatever the number of workers: the database says no
+        # to a second claim.
+        sa.Index("ux_tasks_running_lock_key", "lock_key", unique=True,
+                 sqlite_where=sa.text("state = 'RUNNING'"), postgresql_where=sa.text("state = 'RUNNING'")),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     uuid: Mapped[str] = mapped_column(sa.String(36), unique=True, default=new_uuid)
     action: Mapped[str] = mapped_column(sa.String(64))
     resource_type: Mapped[str] = mapped_column(sa.String(32))
     resource_uuid: Mapped[str] = mapped_column(sa.String(36), index=True)
+    # Tasks sharing a lock key run one at a time, in order: a cluster's uuid for its own tasks
+    # and its nodegroups', the resource's uuid otherwise.
+    lock_key: Mapped[str] = mapped_column(sa.String(36), index=True)
     project_id: Mapped[str] = mapped_column(sa.String(255), index=True)
     user_id: Mapped[str] = mapped_column(sa.String(255))
     state: Mapped[str] = mapped_column(sa.String(16))

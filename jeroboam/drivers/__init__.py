@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Callable
 
@@ -74,6 +75,43 @@ class Driver:
 
 class DriverNotFound(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class CoeDrivers:
+    """The network and volume drivers a template of one COE may name, as Magnum's API checks them."""
+
+    network: tuple[str, ...]
+    default_network: str
+    volume: tuple[str, ...]
+    # Network drivers Magnum's default configuration allows; None: all the supported ones.
+    allowed_network: tuple[str, ...] | None = None
+
+    def check(self, network_driver: str | None, volume_driver: str | None) -> str:
+        """The template's network driver (the COE's default when it names none), or ValueError
+        worded as Magnum words it."""
+        network_driver = network_driver or self.default_network
+        if network_driver not in self.network:
+            raise ValueError(f"Network driver type {network_driver} is not supported, expecting a "
+                             f"{'/'.join(self.network + ('unspecified',))} network driver.")
+        if self.allowed_network is not None and network_driver not in self.allowed_network:
+            raise ValueError(f"Network driver type {network_driver} is not allowed, expecting a "
+                             f"{'/'.join(self.allowed_network + ('unspecified',))} network driver. ")
+        if volume_driver and volume_driver not in self.volume:
+            raise ValueError(f"Volume driver type {volume_driver} is not supported, expecting a "
+                             f"{'/'.join(self.volume + ('unspecified',))} volume driver.")
+        return network_driver
+
+
+_SWARM = CoeDrivers(network=("docker", "flannel"), default_network="docker", volume=("rexray",))
+# Per COE, from Magnum's API validators (magnum/api/validation.py); a COE not listed is not checked.
+COE_DRIVERS = {
+    "kubernetes": CoeDrivers(network=("flannel", "calico", "cilium"), default_network="flannel",
+                             volume=("cinder",), allowed_network=("flannel", "calico")),
+    "swarm": _SWARM,
+    "swarm-mode": _SWARM,
+    "mesos": CoeDrivers(network=("docker",), default_network="docker", volume=("rexray",)),
+}
 
 
 @functools.lru_cache(maxsize=None)

@@ -52,7 +52,7 @@ def reconcile(provider: Provider, session_factory) -> None:
         return  # never used here: no need for root, dockerd, a short data_dir...
     provider.setup()
     broken = {c.stack_id for c in clusters if c.status in BROKEN}
-    busy = {c.uuid for c in clusters if c.status.endswith("_IN_PROGRESS")}
+    busy = {c.uuid for c in clusters if c.status in states.IN_PROGRESS_STATUSES}
     busy_stacks = {c.stack_id for c in clusters if c.uuid in busy}
     from jeroboam.drivers.swarm import stack_id_of  # the driver module imports this one
 

@@ -24,6 +24,7 @@ from contextlib import closing
 
 import sqlalchemy as sa
 
+from jeroboam import states
 from jeroboam.db.models import ClusterTemplate, NodeGroup
 from jeroboam.drivers import Driver
 from jeroboam.drivers import swarm_ops as swarm
@@ -118,7 +119,7 @@ def _counts(groups: list[NodeGroup], removals: dict[str, list[str]]) -> dict:
 
 
 def _live(groups: list[NodeGroup]) -> list[NodeGroup]:
-    return [g for g in groups if not g.status.startswith("DELETE")]
+    return [g for g in groups if g.status not in states.DELETE_STATUSES]
 
 
 class _ClusterStack:

@@ -10,7 +10,7 @@ import docker
 import requests
 import sqlalchemy as sa
 
-from jeroboam import states
+from jeroboam import lifecycle, states
 from jeroboam.db.models import Cluster, ClusterTemplate, NodeGroup, Task
 from jeroboam.drivers import swarm_ops as swarm
 from jeroboam.drivers.nodes import dead_nodes, node_key
@@ -104,28 +104,25 @@ class Monitor:
             if status != HEALTHY and str(cluster.labels.get(AUTO_HEAL_LABEL)).lower() == "true":
                 dead = dead_nodes(provider, members)
                 if dead and cluster.status in states.STABLE_STATUSES:
-                    self.heal(session_factory, cluster.uuid, cluster.status, dead)
+                    self.heal(session_factory, cluster.uuid, dead)
 
     @staticmethod
-    def heal(session_factory, cluster_uuid: str, status: str, dead: list[Node]) -> None:
+    def heal(session_factory, cluster_uuid: str, dead: list[Node]) -> None:
         hostnames = ", ".join(n.hostname for n in dead)
-        with session_factory() as session, session.begin():
-            busy = session.scalar(sa.select(sa.exists().where(
-                Task.resource_uuid == cluster_uuid,
-                Task.state.in_((states.PENDING, states.RUNNING)))))
-            if busy:
-                return
-            # a compare-and-set: of several workers' monitors, one queues the task
-            moved = session.execute(
-                sa.update(Cluster).where(Cluster.uuid == cluster_uuid, Cluster.status == status)
-                .values(status=states.CLUSTER.next(status, "update"),
-                        status_reason=f"auto-heal: replacing {hostnames}")
-                .execution_options(synchronize_session=False)).rowcount
-            if not moved:
-                return
-            owner = session.execute(sa.select(Cluster.project_id, Cluster.user_id)
-                                    .where(Cluster.uuid == cluster_uuid)).one()
-            queue.enqueue(session, "cluster.update", "cluster", cluster_uuid, owner.project_id,
-                          owner.user_id, {"auto_heal": [n.name for n in dead]})
+        try:
+            with session_factory() as session, session.begin():
+                cluster = session.scalars(sa.select(Cluster).where(Cluster.uuid == cluster_uuid)).first()
+                busy = session.scalar(sa.select(sa.exists().where(
+                    Task.lock_key == cluster_uuid, Task.state.in_((states.PENDING, states.RUNNING)))))
+                if cluster is None or busy:
+                    return
+                lifecycle.begin(session, [(cluster, "update")], lambda: queue.enqueue(
+                    session, "cluster.update", "cluster", cluster_uuid, cluster.project_id, cluster.user_id,
+                    {"auto_heal": [n.name for n in dead]}), reason=f"auto-heal: replacing {hostnames}")
+        except states.InvalidTransition as exc:
+            # of several workers' monitors the first begins the update; for the others the
+            # cluster is no longer stable and the table refuses
+            LOG.info("cluster %s: no auto-heal (%s)", cluster_uuid, exc)
+            return
         LOG.warning("cluster %s: auto-heal replaces %s", cluster_uuid, hostnames)
         queue.work_available.set()

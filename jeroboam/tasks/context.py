@@ -12,13 +12,25 @@ lease was taken over stops at its next write instead of racing the new owner.
 from __future__ import annotations
 
 import datetime
+import logging
 from typing import Callable
 
 import sqlalchemy as sa
 
 from jeroboam import states
-from jeroboam.db.base import utcnow
+from jeroboam.db.base import retrying, utcnow
 from jeroboam.db.models import Task, TaskEvent, TaskStep
+
+LOG = logging.getLogger("jeroboam.tasks")
+# What a person sees of a database error: its text holds SQL and values, the log has it.
+DATABASE_ERROR = "a database error (the worker's log has the details)"
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as a task error or status reason may show it."""
+    if isinstance(exc, sa.exc.SQLAlchemyError):
+        return DATABASE_ERROR
+    return str(exc) or type(exc).__name__
 
 
 class TaskCancelled(Exception):
@@ -31,7 +43,7 @@ class LeaseLost(Exception):
 
 class StepFailed(Exception):
     def __init__(self, step: str, cause: BaseException):
-        super().__init__(f"{step}: {cause}")
+        super().__init__(f"{step}: {describe(cause)}")
         self.step, self.cause = step, cause
 
 
@@ -43,6 +55,7 @@ class TaskContext:
         self.task_uuid = task.uuid
         self.action = task.action
         self.resource_uuid = task.resource_uuid
+        self.lock_key = task.lock_key
         self.project_id = task.project_id
         self.payload = dict(task.payload or {})
         self.worker = worker
@@ -64,16 +77,25 @@ class TaskContext:
             raise LeaseLost(f"task {self.task_uuid} is no longer owned by {self.worker}")
         return task
 
+    def write(self, fn: Callable):
+        """fn(session, task) in a transaction fenced on this worker owning the task; run
+        again when another transaction was in the way."""
+        def attempt():
+            with self.session_factory() as session, session.begin():
+                return fn(session, self.owned(session))
+        return retrying(attempt)
+
     # -- what a handler calls -----------------------------------------------------------
     def plan(self, step_names: list[str]) -> None:
         """Record the steps ahead, so a person watching sees what remains."""
-        with self.session_factory() as session, session.begin():
-            self.owned(session)
+        def add(session, _task):
             for position, name in enumerate(step_names):
                 if name not in self._steps:
                     session.add(TaskStep(task_id=self.task_id, position=position, name=name,
                                          state=states.STEP.next(None, "plan")))
-                    self._steps[name] = states.PENDING
+        self.write(add)
+        for name in step_names:
+            self._steps.setdefault(name, states.PENDING)
 
     def run_step(self, name: str, fn: Callable[[], object]):
         if self._steps.get(name) == states.SUCCEEDED:
@@ -86,7 +108,9 @@ class TaskContext:
         except (TaskCancelled, LeaseLost):
             raise
         except Exception as exc:
-            self._mark_step(name, "fail", error=str(exc) or type(exc).__name__)
+            if isinstance(exc, sa.exc.SQLAlchemyError):
+                LOG.error("task %s, step %s: database error", self.task_uuid, name, exc_info=exc)
+            self._mark_step(name, "fail", error=describe(exc))
             raise StepFailed(name, exc) from exc
         finally:
             self.current_step = None
@@ -94,9 +118,8 @@ class TaskContext:
         return result
 
     def event(self, message: str, level: str = "info") -> None:
-        with self.session_factory() as session, session.begin():
-            self.owned(session)
-            session.add(TaskEvent(task_id=self.task_id, level=level, step=self.current_step, message=message))
+        self.write(lambda session, _task: session.add(
+            TaskEvent(task_id=self.task_id, level=level, step=self.current_step, message=message)))
 
     def check_cancel(self) -> None:
         with self.session_factory() as session:
@@ -117,8 +140,8 @@ class TaskContext:
     # -- internals -------------------------------------------------------------------
     def _mark_step(self, name: str, event: str, error: str | None = None) -> None:
         now = utcnow()
-        with self.session_factory() as session, session.begin():
-            task = self.owned(session)
+
+        def mark(session, task):
             step = session.scalars(
                 sa.select(TaskStep).where(TaskStep.task_id == self.task_id, TaskStep.name == name)
             ).first()
@@ -143,3 +166,5 @@ class TaskContext:
             if event == "succeed":
                 done = sum(1 for s in self._steps.values() if s == states.SUCCEEDED)
                 task.progress = min(99, int(100 * done / max(1, len(self._steps))))
+
+        self.write(mark)

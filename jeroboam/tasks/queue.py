@@ -1,9 +1,13 @@
 """The durable work queue: tasks are rows, claimed with a lease that heartbeats extend.
 
 Claiming is a compare-and-set UPDATE, correct on any database; where the database
-has them (PostgreSQL, MySQL 8, MariaDB 10.6) the candidate SELECT adds FOR UPDATE SKIP LOCKED so that many workers claim at
-once without waiting on each other. A task is only claimable when no earlier
-unfinished task exists for the same resource: work on one cluster runs in order.
+has them (PostgreSQL, MySQL 8, MariaDB 10.6) the candidate SELECT adds FOR UPDATE SKIP
+LOCKED so that many workers claim at once without waiting on each other. Tasks sharing a
+lock key (every task on a cluster or one of its nodegroups carries the cluster's uuid) run
+one at a time and in the order they were queued: a pending task waits while an earlier one
+of its key is unfinished, and a unique index on the lock keys of running tasks (SQLite,
+PostgreSQL; MySQL has no partial indexes) makes the database refuse a second one, however
+many workers race for them.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import datetime
 import threading
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from jeroboam import states
@@ -24,12 +29,13 @@ work_available = threading.Event()
 
 
 def enqueue(session: Session, action: str, resource_type: str, resource_uuid: str,
-            project_id: str, user_id: str, payload: dict | None = None) -> Task:
-    """Add a task in the caller's transaction (the one that changes the resource)."""
+            project_id: str, user_id: str, payload: dict | None = None, lock_key: str | None = None) -> Task:
+    """Add a task in the caller's transaction (the one that changes the resource). It runs
+    after every earlier task of its lock key (by default its resource's uuid)."""
     task = Task(
         action=action, resource_type=resource_type, resource_uuid=resource_uuid,
-        project_id=project_id, user_id=user_id, state=states.TASK.next(None, "enqueue"),
-        payload=payload or {},
+        lock_key=lock_key or resource_uuid, project_id=project_id, user_id=user_id,
+        state=states.TASK.next(None, "enqueue"), payload=payload or {},
     )
     session.add(task)
     session.flush()
@@ -47,11 +53,11 @@ def request_cancel(session: Session, task: Task) -> None:
         session.add(TaskEvent(task_id=task.id, message="cancel requested"))
 
 
-def cancel_unfinished(session: Session, resource_uuid: str, reason: str) -> None:
-    """Before a delete: stop the cancellable work still queued or running on the resource."""
+def cancel_unfinished(session: Session, lock_key: str, reason: str) -> None:
+    """Before a delete: stop the cancellable work still queued or running under its lock key."""
     unfinished = session.scalars(
-        sa.select(Task).where(Task.resource_uuid == resource_uuid,
-                              Task.state.in_((states.PENDING, states.RUNNING)))
+        sa.select(Task).where(Task.lock_key == lock_key, Task.state.in_((states.PENDING, states.RUNNING)))
+        .order_by(Task.id)
     ).all()
     for task in unfinished:
         if registry.get(task.action).cancellable and not task.cancel_requested:
@@ -59,32 +65,45 @@ def cancel_unfinished(session: Session, resource_uuid: str, reason: str) -> None
             session.add(TaskEvent(task_id=task.id, message=reason))
 
 
-def claim(session_factory, worker: str, lease_seconds: float, row_locks: bool, batch: int = 4) -> Task | None:
+def claim(session_factory, worker: str, lease_seconds: float, row_locks: bool, batch: int = 4,
+          running_here: frozenset[int] = frozenset()) -> Task | None:
+    """Take the first task that may run now: a pending one that no other task of its lock
+    key comes before or runs beside, or a running one whose worker stopped heartbeating.
+    Never one of `running_here`, the tasks this worker is running: a lease that ran out
+    under a long step is not a dead worker's."""
     now = utcnow()
-    earlier = aliased(Task)
-    blocked_by_earlier = (
-        sa.select(earlier.id)
-        .where(earlier.resource_uuid == Task.resource_uuid, earlier.id < Task.id,
-               earlier.state.in_((states.PENDING, states.RUNNING)))
+    other = aliased(Task)
+    waits = (
+        sa.select(other.id)
+        .where(other.lock_key == Task.lock_key, other.id != Task.id,
+               sa.or_(other.state == states.RUNNING,
+                      sa.and_(other.state == states.PENDING, other.id < Task.id)))
         .exists()
     )
-    claimable = sa.or_(
-        Task.state == states.PENDING,
-        sa.and_(Task.state == states.RUNNING, Task.lease_expires_at < now),
-    )
-    candidates = sa.select(Task.id).where(claimable, ~blocked_by_earlier).order_by(Task.id).limit(batch)
+    abandoned = sa.and_(Task.state == states.RUNNING, Task.lease_expires_at < now)
+    startable = sa.or_(Task.state == states.PENDING, abandoned)
+    candidates = (sa.select(Task.id).where(sa.or_(sa.and_(Task.state == states.PENDING, ~waits), abandoned),
+                                           Task.id.not_in(running_here))
+                  .order_by(Task.id).limit(batch))
     if row_locks:
         candidates = candidates.with_for_update(skip_locked=True, of=Task)
     with session_factory() as session, session.begin():
         for task_id in session.scalars(candidates).all():
-            took = session.execute(
-                sa.update(Task)
-                .where(Task.id == task_id, claimable)
-                .values(state=states.RUNNING, worker=worker, attempts=Task.attempts + 1,
-                        lease_expires_at=now + datetime.timedelta(seconds=lease_seconds),
-                        started_at=sa.func.coalesce(Task.started_at, now))
-                .execution_options(synchronize_session=False)
-            ).rowcount
+            # read after the candidates: a task starts after the end of the one it waited for
+            started = utcnow()
+            try:
+                with session.begin_nested():
+                    # the order was the candidates'; the unique index refuses a second running task
+                    took = session.execute(
+                        sa.update(Task)
+                        .where(Task.id == task_id, startable)
+                        .values(state=states.RUNNING, worker=worker, attempts=Task.attempts + 1,
+                                lease_expires_at=started + datetime.timedelta(seconds=lease_seconds),
+                                started_at=sa.func.coalesce(Task.started_at, started))
+                        .execution_options(synchronize_session=False)
+                    ).rowcount
+            except IntegrityError:  # another worker has just started a task of this lock key
+                continue
             if took:
                 task = session.get(Task, task_id, populate_existing=True)
                 taken_over = task.attempts > 1
@@ -95,11 +114,14 @@ def claim(session_factory, worker: str, lease_seconds: float, row_locks: bool, b
     return None
 
 
-def heartbeat(session_factory, worker: str, lease_seconds: float) -> None:
+def heartbeat(session_factory, worker: str, lease_seconds: float, task_ids: frozenset[int]) -> None:
+    """Extend the leases of the tasks this worker is running (and of no task it has let go)."""
+    if not task_ids:
+        return
     with session_factory() as session, session.begin():
         session.execute(
             sa.update(Task)
-            .where(Task.worker == worker, Task.state == states.RUNNING)
+            .where(Task.id.in_(task_ids), Task.worker == worker, Task.state == states.RUNNING)
             .values(lease_expires_at=utcnow() + datetime.timedelta(seconds=lease_seconds))
         )
 

@@ -12,14 +12,15 @@ import traceback
 import sqlalchemy as sa
 
 from jeroboam import states
-from jeroboam.db.base import locks_rows, utcnow
+from jeroboam.db.base import locks_rows, retrying, utcnow
 from jeroboam.db.models import Service, Task
 from jeroboam.drivers import Registry
 from jeroboam.tasks import queue, registry
-from jeroboam.tasks.context import LeaseLost, StepFailed, TaskCancelled, TaskContext
+from jeroboam.tasks.context import LeaseLost, StepFailed, TaskCancelled, TaskContext, describe
 
 LOG = logging.getLogger("jeroboam.worker")
-BINARY = "jeroboam-worker"
+# What Magnum calls the process that runs cluster operations: mservices clients look for it.
+BINARY = "magnum-conductor"
 
 
 class NameInUse(RuntimeError):
@@ -44,6 +45,8 @@ class Worker:
         self._stop = threading.Event()
         self._claiming = threading.Lock()
         self._threads: list[threading.Thread] = []
+        # ids of the tasks this worker's runner threads are running (never claimed again here)
+        self._running: set[int] = set()
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -112,17 +115,22 @@ class Worker:
 
     # -- loops ------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
+        # Its own thread, whatever the runners do: a step may take far longer than a lease.
         interval = self.lease / 3
         while not self._stop.wait(interval):
             try:
-                queue.heartbeat(self.session_factory, self.name, self.lease)
-                with self.session_factory() as session, session.begin():
-                    session.execute(
-                        sa.update(Service)
-                        .where(Service.host == self.name, Service.binary == BINARY)
-                        .values(report_count=Service.report_count + 1, last_seen_at=utcnow()))
-            except Exception:  # the database may be briefly away; the next beat retries
+                retrying(lambda: queue.heartbeat(self.session_factory, self.name, self.lease,
+                                                 frozenset(self._running)))
+                retrying(self._report)
+            except Exception:  # the database may be away a while; the next beat tries again
                 LOG.exception("heartbeat failed")
+
+    def _report(self) -> None:
+        with self.session_factory() as session, session.begin():
+            session.execute(
+                sa.update(Service)
+                .where(Service.host == self.name, Service.binary == BINARY)
+                .values(report_count=Service.report_count + 1, last_seen_at=utcnow()))
 
     def _periodic(self, interval: float, fn):
         def loop() -> None:
@@ -139,7 +147,8 @@ class Worker:
             # interval, not once per thread, and the API processes beside it keep the CPU.
             with self._claiming:
                 try:
-                    task = queue.claim(self.session_factory, self.name, self.lease, self.row_locks)
+                    task = queue.claim(self.session_factory, self.name, self.lease, self.row_locks,
+                                       running_here=frozenset(self._running))
                 except Exception:
                     LOG.exception("claim failed")
                     task = None
@@ -147,13 +156,17 @@ class Worker:
                     queue.work_available.wait(self.poll)
                     queue.work_available.clear()
                     continue
-            self.run(task)
+                self._running.add(task.id)
+            try:
+                self.run(task)
+            finally:
+                self._running.discard(task.id)
 
     # -- running one task ---------------------------------------------------------------
     def run(self, task: Task) -> None:
         LOG.info("task %s %s on %s: attempt %d", task.uuid, task.action, task.resource_uuid, task.attempts)
-        ctx = TaskContext(self.session_factory, task, self.name, self.settings)
         try:
+            ctx = TaskContext(self.session_factory, task, self.name, self.settings)
             registry.get(task.action).handler(ctx)
         except LeaseLost:
             LOG.warning("task %s: lease lost, leaving it to its new owner", task.uuid)
@@ -164,14 +177,26 @@ class Worker:
             self._end(task.id, "fail", str(exc), {"step": exc.step, "type": type(exc.cause).__name__})
         except Exception as exc:
             LOG.exception("task %s failed", task.uuid)
-            self._end(task.id, "fail", f"{type(exc).__name__}: {exc}",
-                      {"type": type(exc).__name__, "traceback": traceback.format_exc(limit=5)})
+            detail = {"type": type(exc).__name__}
+            if not isinstance(exc, sa.exc.SQLAlchemyError):  # whose text would show SQL
+                detail["traceback"] = traceback.format_exc(limit=5)
+            self._end(task.id, "fail", f"{type(exc).__name__}: {describe(exc)}", detail)
         else:
             self._end(task.id, "succeed")
 
     def _end(self, task_id: int, event: str, reason: str | None = None, detail: dict | None = None) -> None:
-        with self.session_factory() as session, session.begin():
-            task = session.get(Task, task_id, with_for_update=self.row_locks)
-            if task.worker != self.name:
-                return
-            queue.finish(session, task, event, reason, detail)
+        def end() -> None:
+            with self.session_factory() as session, session.begin():
+                # The fence, as a write: this worker must still own the task, and on SQLite the
+                # write lock is held before the task's end reads what it moves.
+                owned = session.execute(
+                    sa.update(Task).where(Task.id == task_id, Task.worker == self.name,
+                                          Task.state == states.RUNNING)
+                    .values(lease_expires_at=None).execution_options(synchronize_session=False)).rowcount
+                if owned:
+                    queue.finish(session, session.get(Task, task_id, populate_existing=True), event, reason,
+                                 detail)
+        try:
+            retrying(end)
+        except Exception:  # the task stays RUNNING; when its lease runs out it is taken over
+            LOG.exception("task %s: recording its end failed", task_id)

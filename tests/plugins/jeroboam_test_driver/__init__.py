@@ -2,13 +2,18 @@
 
 It exists so that the task machinery, the state machine and the API can be
 tested before and apart from real drivers. Cluster labels steer it:
-`test_delay` (seconds per step), `test_fail` (a step to fail),
-`test_marker` (a file each executed step appends its name to), `test_stack` (the cluster's
-stack is a real one, made through the engine as real drivers make theirs, holding the CA).
+`test_delay` (seconds per step), `test_delay_<method>` (the same for one driver
+method, e.g. `test_delay_delete_cluster`), `test_fail` (a step, or a driver
+method whose steps, to fail), `test_sql_error` (a step that sends the database a
+statement it refuses), `test_marker` (a file each executed step appends its name to),
+`test_stack` (the cluster's stack is a real one, made through the engine as real drivers
+make theirs, holding the CA).
 """
 
 import time
 import uuid
+
+import sqlalchemy as sa
 
 from jeroboam.drivers import Driver
 from jeroboam.orchestration.engine import Engine
@@ -26,9 +31,9 @@ STACK_TEMPLATE = {
 class TestDriver(Driver):
     provides = [{"server_type": "vm", "os": "testos", "coe": "swarm-mode"}]
 
-    def _steps(self, ctx, names, finish=None):
+    def _steps(self, ctx, method, names, finish=None):
         labels = ctx.cluster.labels
-        delay = float(labels.get("test_delay", 0))
+        delay = float(labels.get(f"test_delay_{method}", labels.get("test_delay", 0)))
         ctx.plan(names)
         for name in names:
             def work(name=name):
@@ -37,8 +42,11 @@ class TestDriver(Driver):
                 if labels.get("test_marker"):
                     with open(labels["test_marker"], "a") as marker:
                         marker.write(name + "\n")
-                if labels.get("test_fail") == name:
+                if labels.get("test_fail") in (name, method):
                     raise RuntimeError(f"injected failure in {name}")
+                if labels.get("test_sql_error") == name:
+                    with ctx.task.session_factory() as session:
+                        session.execute(sa.text("SELECT secret FROM no_such_table"))
             ctx.run_step(name, work)
         if finish:
             finish()
@@ -64,28 +72,29 @@ class TestDriver(Driver):
         return stack_id
 
     def create_cluster(self, ctx):
-        self._steps(ctx, ["provision nodes", "bootstrap", "report addresses"], lambda: self._report(ctx))
+        self._steps(ctx, "create_cluster", ["provision nodes", "bootstrap", "report addresses"],
+                    lambda: self._report(ctx))
 
     def delete_cluster(self, ctx):
-        self._steps(ctx, ["remove nodes"])
+        self._steps(ctx, "delete_cluster", ["remove nodes"])
 
     def update_cluster(self, ctx):
-        self._steps(ctx, ["converge nodes"], lambda: self._report(ctx))
+        self._steps(ctx, "update_cluster", ["converge nodes"], lambda: self._report(ctx))
 
     def resize_cluster(self, ctx, nodegroup, node_count, nodes_to_remove):
-        self._steps(ctx, ["converge nodes"], lambda: self._report(ctx))
+        self._steps(ctx, "resize_cluster", ["converge nodes"], lambda: self._report(ctx))
 
     def upgrade_cluster(self, ctx, template_uuid, max_batch_size, nodegroup):
-        self._steps(ctx, ["upgrade nodes"])
+        self._steps(ctx, "upgrade_cluster", ["upgrade nodes"])
 
     def create_nodegroup(self, ctx, nodegroup):
-        self._steps(ctx, ["converge nodegroup"], lambda: self._report(ctx))
+        self._steps(ctx, "create_nodegroup", ["converge nodegroup"], lambda: self._report(ctx))
 
     def update_nodegroup(self, ctx, nodegroup):
-        self._steps(ctx, ["converge nodegroup"])
+        self._steps(ctx, "update_nodegroup", ["converge nodegroup"])
 
     def delete_nodegroup(self, ctx, nodegroup):
-        self._steps(ctx, ["converge nodegroup"])
+        self._steps(ctx, "delete_nodegroup", ["converge nodegroup"])
 
     def rotate_ca_certificate(self, ctx, new_ca):
         ctx.event("no node certificates to re-issue")

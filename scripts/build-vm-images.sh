@@ -8,7 +8,8 @@
 #                 node's config disk (a tar, second virtio disk) into /run/jeroboam and
 #                 switch_roots to /run/jeroboam/init (written by the provider, per node)
 #   rootfs.img    ext4 of a debootstrap'd bookworm with docker.io, iptables, iproute2, python3
-#                 and the kernel's modules; nodes boot on a qcow2 overlay of it
+#                 and the kernel's modules; nodes boot on a qcow2 overlay of it (a symlink to
+#                 rootfs-<time>.img: a rebuild never changes an image that overlays use)
 #   VERSION       what was built (the provider's image_id names it)
 # The system's apt sources are never changed: the kernel comes by `apt-get download` + `dpkg -x`,
 # the root filesystem by debootstrap against the mirror already in the apt sources.
@@ -146,7 +147,11 @@ mke2fs -q -t ext4 -L jeroboam-root -E root_owner=0:0 -d "$R" "$WORK/rootfs.img" 
 cp "$KDIR/boot/vmlinuz-$KVER" "$WORK/vmlinuz"
 printf 'image %s\nkernel %s\nsuite %s\nk8s %s\n' "$IMAGE_VERSION" "$KVER" "$SUITE" "$(k8s_stamp)" \
   >"$WORK/VERSION"
-# VERSION last: it marks the cache complete
-for f in vmlinuz initrd.img rootfs.img VERSION; do mv "$WORK/$f" "$CACHE/$f"; done
+# Nodes' overlays name the root image they were made on: a new one gets a new name, and
+# rootfs.img (a symlink) points to the newest. VERSION last: it marks the cache complete.
+root=rootfs-$(date +%s).img
+mv "$WORK/rootfs.img" "$CACHE/$root"
+ln -sfn "$root" "$WORK/rootfs.img"
+for f in vmlinuz initrd.img rootfs.img VERSION; do mv -T "$WORK/$f" "$CACHE/$f"; done
 say "built in $CACHE"
 echo "$CACHE"

@@ -491,7 +491,8 @@ class VmProvider(NodeStore):
             overlay = d / "overlay.qcow2"
             if not overlay.exists():
                 host.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
-                          "-b", str(self.images_dir / "rootfs.img"), str(overlay.with_suffix(".tmp"))],
+                          "-b", str((self.images_dir / "rootfs.img").resolve()),
+                          str(overlay.with_suffix(".tmp"))],
                          "create overlay")
                 os.replace(overlay.with_suffix(".tmp"), overlay)
             config = self._config_disk(info, net)

@@ -62,7 +62,8 @@ def test_swarm_on_vms_spreads_a_service_isolates_its_tenant_and_leaves_nothing(
             assert int(qemu_status(pid)["CapEff"], 16) == 0
 
         env = cluster_config(service, created.uuid, tmp_path)
-        with closing(docker.from_env(environment=env, version="1.41")) as client:
+        # a `docker run` on a TCG guest of a busy host can take over the default minute
+        with closing(docker.from_env(environment=env, version="1.41", timeout=300)) as client:
             assert len(client.nodes.list()) == 2
             spread = client.services.create(
                 BASE_IMAGE, ["sleep", "600"], name="spread",

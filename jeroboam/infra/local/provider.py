@@ -276,7 +276,7 @@ class NodeStore(Provider):
                               **data)
 
     def _nodes(self) -> list:
-        return [n for p in sorted((self.state_dir / "nodes").iterdir())
+        return [n for p in sorted((self.state_dir / "nodes").glob("*"))
                 if (n := self._load_node(p.name))]
 
     def _save_node(self, info) -> None:

@@ -1,6 +1,9 @@
 """Orchestration resources of the vm provider: ``Jeroboam::VM::Network`` and
 ``Jeroboam::VM::Node``, the local provider's resources acting through the process's
-:class:`VmProvider` (same properties; nodes take longer: they boot a kernel)."""
+:class:`VmProvider` (same properties; nodes take longer: they boot a kernel).
+
+Like the local ones, both types are for cluster drivers and admins (not ``tenant_safe``): they
+make namespaces, taps and QEMU processes on the host as root."""
 
 from __future__ import annotations
 

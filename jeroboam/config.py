@@ -29,6 +29,17 @@ def _default_data_dir() -> str:
 
 
 OPTIONS: list[Option] = [
+    # Logging (issue 11), named as oslo.log names them in [DEFAULT].
+    Option("DEFAULT", "debug", False, "Log at debug level, whatever [server] log_level says."),
+    Option("DEFAULT", "log_file", "", "File the log is appended to (inside log_dir when that is set); "
+           "empty: standard error, or a file named after the command in log_dir."),
+    Option("DEFAULT", "log_dir", "", "Directory of the log file; alone, each command writes "
+           "jeroboam.log (serve), jeroboam-api.log, jeroboam-worker.log or jeroboam-manage.log there."),
+    Option("DEFAULT", "use_json", False, "Write each log record as one JSON object per line "
+           "(oslo.log's JSON fields)."),
+    Option("DEFAULT", "default_log_levels", "urllib3=WARNING,docker=WARNING,keystonemiddleware=WARNING,"
+           "keystoneauth=WARNING,alembic=WARNING,stevedore=WARNING,oslo_policy=WARNING",
+           "LOGGER=LEVEL pairs, comma-separated: third-party loggers kept quieter than the rest."),
     Option("server", "bind", "127.0.0.1:9511", "HOST:PORT the API listens on."),
     Option("server", "api_workers", 1, "Number of API processes."),
     Option("server", "data_dir", _default_data_dir(), "Where the embedded database and cluster state live."),
@@ -41,7 +52,8 @@ OPTIONS: list[Option] = [
     Option("auth", "noauth_project", "default", "Project of a noauth caller that sends no X-Project-Id."),
     Option("auth", "noauth_user", "admin", "User of a noauth caller that sends no X-User-Id."),
     Option("auth", "noauth_roles", "admin,member,reader", "Roles of a noauth caller that sends no X-Roles."),
-    Option("auth", "policy_file", "", "YAML or JSON file overriding policy rules."),
+    Option("auth", "policy_file", "", "YAML or JSON file overriding policy rules; re-read within a second "
+           "when it changes."),
     Option("auth", "token_cache_size", 10000, "Most validated Keystone tokens kept in the cache; the least "
            "recently used go first."),
     # Keystone (the keystone strategy): keystonemiddleware's own [keystone_authtoken] options.
@@ -86,6 +98,20 @@ OPTIONS: list[Option] = [
     Option("healthcheck", "disable_by_file_path", "",
            "While this file exists /healthcheck answers 503 (drain this API before maintenance)."),
     Option("metrics", "enabled", True, "Serve Prometheus metrics at /metrics, without authentication."),
+    # Tenant isolation: who may reach the host, how much one request or project may ask for.
+    Option("infra", "local_projects", "default",
+           "Projects (ids, comma-separated) that may use server_type local, besides admins. Its nodes are "
+           "root dockerds on this host: whoever holds a cluster's credentials is root here. "
+           "Default: the noauth operator's project."),
+    Option("server", "max_request_body_size", 114688, "Largest request body in bytes; a larger one gets 413."),
+    Option("server", "max_json_body_size", 1048576, "Largest request body of the stacks API in bytes (Heat's "
+                                                    "default: templates may be larger than Magnum's bodies)."),
+    Option("quotas", "max_nodes_per_cluster", 100, "Largest node_count + master_count of one cluster."),
+    Option("quotas", "max_nodes_per_project", 200, "Node quota (all clusters' nodes) of a project that has no "
+                                                   "Node quota row."),
+    Option("auth", "noauth_allow_remote", False, "Let noauth serve on a non-loopback address and answer "
+                                                 "requests addressed to other names: anyone who can reach it "
+                                                 "acts as any project, admin included."),
 ]
 
 
@@ -172,11 +198,10 @@ def load(config_file: str | None = None, overrides: dict[tuple[str, str], object
 def sample() -> str:
     lines = ["# Jeroboam configuration. Every option can also be set as the environment",
              "# variable named after it, e.g. JEROBOAM_SERVER_DATABASE.", ""]
-    section = None
-    for opt in OPTIONS:
-        if opt.section != section:
-            section = opt.section
-            lines += ["", f"[{section}]"]
-        default = str(opt.default).lower() if isinstance(opt.default, bool) else opt.default
-        lines += [f"# {opt.help}", f"# ({opt.env})", f"#{opt.name} = {default}"]
+    sections = dict.fromkeys(opt.section for opt in OPTIONS)  # in order of first appearance
+    for section in sections:
+        lines += ["", f"[{section}]"]
+        for opt in (o for o in OPTIONS if o.section == section):
+            default = str(opt.default).lower() if isinstance(opt.default, bool) else opt.default
+            lines += [f"# {opt.help}", f"# ({opt.env})", f"#{opt.name} = {default}"]
     return "\n".join(lines).lstrip() + "\n"

@@ -15,6 +15,8 @@ Either way a role implies the roles Keystone's defaults say it does.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import logging
 import threading
 import time
@@ -54,13 +56,32 @@ def _split_roles(value: str) -> frozenset[str]:
     return expand_roles(r.strip().lower() for r in value.split(",") if r.strip())
 
 
+@functools.lru_cache(maxsize=256)
+def _loopback_host(host: str) -> bool:
+    """Whether a Host header names this machine's loopback (a port may follow)."""
+    name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] or host
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 class NoAuth:
     def __init__(self, settings):
         self.project = settings.get("auth", "noauth_project")
         self.user = settings.get("auth", "noauth_user")
         self.roles = settings.get("auth", "noauth_roles")
+        self.any_host = bool(settings.get("auth", "noauth_allow_remote"))
 
     async def identify(self, headers) -> Identity:
+        host = headers.get("host", "")
+        if host and not self.any_host and not _loopback_host(host):
+            # A web page whose name was rebound to 127.0.0.1 speaks to us same-origin, with its
+            # own name in Host: without this it could act as the operator.
+            raise Forbidden(f"noauth serves requests addressed to loopback only, not to {host}: "
+                            "set [auth] noauth_allow_remote = true to serve other names.")
         project = headers.get("x-project-id") or headers.get("x-tenant-id")
         roles = headers.get("x-roles")
         if project is None and roles is None:

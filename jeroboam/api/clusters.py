@@ -10,12 +10,13 @@ import sqlalchemy as sa
 
 from jeroboam import pki, states
 from jeroboam.api import patch, schemas
-from jeroboam.api.clustertemplates import lookup as lookup_template
-from jeroboam.api.common import find_one, is_uuid, iso, listing, page
-from jeroboam.api.errors import BadRequest, Conflict, Forbidden, NotFound
+from jeroboam.api.clustertemplates import check_provider, lookup as lookup_template
+from jeroboam.api.common import find_one, for_tenant, int_id, is_uuid, iso, listing, page
+from jeroboam.api.errors import BadRequest, Conflict, Forbidden, NotFound, invalid_input
+from jeroboam.api.quotas import hard_limit
 from jeroboam.api.routing import Endpoint, Reply, Resource
 from jeroboam.db.base import new_uuid
-from jeroboam.db.models import Cluster, ClusterTemplate, NodeGroup, Quota
+from jeroboam.db.models import Cluster, ClusterTemplate, NodeGroup
 from jeroboam.drivers import Driver, DriverNotFound
 from jeroboam.tasks import queue
 
@@ -62,6 +63,8 @@ def detail(call, cluster, groups: list[NodeGroup], template_labels: dict | None)
     body["master_addresses"] = [a for g in groups if g.role == "master" for a in g.node_addresses]
     body["node_addresses"] = [a for g in groups if g.role != "master" for a in g.node_addresses]
     body["merge_labels"] = False
+    body["status_reason"] = for_tenant(call.ctx, cluster.status_reason)
+    body["health_status_reason"] = for_tenant(call.ctx, cluster.health_status_reason)
     body.update(_label_diff(cluster.labels, template_labels or {}))
     _backend_id(call, cluster, body)
     body["created_at"] = iso(cluster.created_at)
@@ -96,7 +99,7 @@ def default_group(groups, role: str = "worker") -> NodeGroup:
 
 def find_nodegroup(session, cluster, ident: str) -> NodeGroup:
     if ident.isdigit():
-        match = NodeGroup.id == int(ident)
+        match = NodeGroup.id == int_id(ident)  # None (no row) for an id no row can have
     else:
         match = (NodeGroup.uuid if is_uuid(ident) else NodeGroup.name) == ident
     group = session.scalars(sa.select(NodeGroup).where(NodeGroup.cluster_id == cluster.uuid, match)).first()
@@ -153,20 +156,49 @@ def show(call):
                                  .where(ClusterTemplate.uuid == cluster.cluster_template_id))
     body = detail(call, cluster, groups, labels)
     if cluster.status in states.FAILED_STATUSES:
-        body["faults"] = {g.name: g.status_reason for g in groups if g.status in states.FAILED_STATUSES}
+        body["faults"] = {g.name: for_tenant(call.ctx, g.status_reason)
+                          for g in groups if g.status in states.FAILED_STATUSES}
     return body
 
 
 def _check_quota(call) -> None:
-    limit = call.session.scalar(sa.select(Quota.hard_limit).where(
-        Quota.project_id == call.ctx.project_id, Quota.resource == "Cluster"))
-    if limit is None:
-        limit = int(call.state.settings.get("quotas", "max_clusters_per_project"))
+    limit = hard_limit(call, call.ctx.project_id, "Cluster")
     count = call.session.scalar(sa.select(sa.func.count()).select_from(Cluster)
                                 .where(Cluster.project_id == call.ctx.project_id))
     if count >= limit:
         raise Forbidden(f"Resource limit exceeded: the Cluster quota of project {call.ctx.project_id} "
                         f"is {limit} and {count} clusters exist.")
+
+
+def admit_nodes(call, cluster_project: str, server_type: str, cluster_total: int, added: int) -> None:
+    """What every request that adds nodes must pass: the provider is one the caller may use,
+    the cluster stays within [quotas] max_nodes_per_cluster and its project within its Node quota."""
+    if added <= 0:
+        return
+    check_provider(call, server_type)
+    bound = int(call.state.settings.get("quotas", "max_nodes_per_cluster"))
+    if cluster_total > bound:
+        raise BadRequest(f"A cluster may have at most {bound} nodes ([quotas] max_nodes_per_cluster); "
+                         f"this request would give it {cluster_total}.")
+    limit = hard_limit(call, cluster_project, "Node")
+    used = call.session.scalar(sa.select(sa.func.coalesce(sa.func.sum(NodeGroup.node_count), 0))
+                               .where(NodeGroup.project_id == cluster_project))
+    if used + added > limit:
+        raise Forbidden(f"Resource limit exceeded: the Node quota of project {cluster_project} is {limit}, "
+                        f"{used} nodes exist and this request adds {added}.")
+
+
+def server_type_of(call, cluster) -> str:
+    return call.session.scalar(sa.select(ClusterTemplate.server_type)
+                               .where(ClusterTemplate.uuid == cluster.cluster_template_id))
+
+
+def _min_node_count(labels: dict) -> int:
+    value = int_id(str(labels.get("min_node_count", 0)))
+    if value is None:
+        raise invalid_input("labels", labels.get("min_node_count"),
+                            "The label min_node_count must be a non-negative integer.")
+    return value
 
 
 def create(call):
@@ -188,11 +220,15 @@ def create(call):
     _check_quota(call)
     if template.hidden and not call.ctx.is_admin:
         raise Forbidden(f"Not authorized to use hidden cluster template {template.uuid}.")
+    # Checked here too, not only on templates: public templates are shared with every project.
+    admit_nodes(call, call.ctx.project_id, template.server_type, master_count + node_count,
+                master_count + node_count)
     labels = values.pop("labels", None) or {}
     if values.pop("merge_labels", False):
         labels = {**template.labels, **labels}
     elif not labels:
         labels = dict(template.labels)
+    min_node_count = _min_node_count(labels)
     inherited = {
         "keypair": template.keypair_id, "docker_volume_size": template.docker_volume_size,
         "flavor_id": template.flavor_id, "master_flavor_id": template.master_flavor_id,
@@ -215,7 +251,7 @@ def create(call):
         NodeGroup(name="default-master", role="master", node_count=master_count,
                   flavor_id=cluster.master_flavor_id, **common),
         NodeGroup(name="default-worker", role="worker", node_count=node_count,
-                  min_node_count=int(labels.get("min_node_count", 0)), flavor_id=cluster.flavor_id, **common),
+                  min_node_count=min_node_count, flavor_id=cluster.flavor_id, **common),
     ]
     call.session.add_all([cluster, *groups])
     return accepted(call, cluster, "cluster.create", [(o, "create") for o in (cluster, *groups)])
@@ -243,6 +279,8 @@ def update(call):
         return Reply({"uuid": cluster.uuid}, 202)
     node_count = checked["node_count"]
     _check_bounds(worker, node_count)
+    admit_nodes(call, cluster.project_id, server_type_of(call, cluster),
+                sum(g.node_count for g in groups) - worker.node_count + node_count, node_count - worker.node_count)
     restore = {"nodegroup": worker.uuid, "node_count": worker.node_count}
     worker.node_count = node_count
     return accepted(call, cluster, "cluster.update", [(cluster, "update"), (worker, "update")],
@@ -276,6 +314,8 @@ def resize(call):
         raise BadRequest("Resizing the master nodegroup is not supported by this driver.")
     node_count = call.body["node_count"]
     _check_bounds(group, node_count)
+    admit_nodes(call, cluster.project_id, server_type_of(call, cluster),
+                sum(g.node_count for g in groups) - group.node_count + node_count, node_count - group.node_count)
     restore = {"nodegroup": group.uuid, "node_count": group.node_count}
     group.node_count = node_count
     return accepted(call, cluster, "cluster.resize", [(cluster, "resize"), (group, "update")], {
@@ -287,6 +327,7 @@ def upgrade(call):
     cluster = lookup(call, call.path["ident"])
     call.state.policy.authorize("cluster:upgrade", call.ctx, cluster.project_id)
     template = lookup_template(call, call.body["cluster_template"])
+    check_provider(call, template.server_type)
     groups = groups_of(call.session, cluster)
     ident = call.body.get("nodegroup")
     group = find_nodegroup(call.session, cluster, ident) if ident else default_group(groups)

@@ -57,6 +57,18 @@ def _authorize_publish(call, values: dict) -> None:
             raise Forbidden("Not authorized to set public or hidden flag for cluster template.")
 
 
+def check_provider(call, server_type: str) -> None:
+    """server_type local is for the operator: its nodes are root dockerds on the service's own
+    host, so whoever holds a cluster's credentials is root there. Admins and the projects the
+    operator lists may use it; nobody else may make or use a template of it."""
+    if server_type != "local" or call.ctx.is_admin:
+        return
+    listed = {p.strip() for p in str(call.state.settings.get("infra", "local_projects")).split(",")}
+    if call.ctx.project_id not in listed:
+        raise Forbidden("server_type local is reserved to the projects listed in [infra] local_projects: "
+                        "its nodes run as root on the service's own host.")
+
+
 def _resolve_driver(call, values: dict) -> str:
     registry = call.state.drivers()
     if values.get("driver"):
@@ -127,6 +139,7 @@ def create(call):
     # A cluster_distro sent by the client is accepted and, as in Magnum, replaced by the image's.
     values["cluster_distro"] = catalog[values["image_id"]]
     values.setdefault("server_type", "vm")
+    check_provider(call, values["server_type"])
     values["driver"] = _resolve_driver(call, values)
     template = ClusterTemplate(project_id=call.ctx.project_id, user_id=call.ctx.user_id, **values)
     call.session.add(template)
@@ -154,6 +167,8 @@ def update(call):
             raise BadRequest(f"Image {after['image_id']} could not be found.")
         after["cluster_distro"] = catalog[after["image_id"]]
         changed.add("cluster_distro")
+    if "server_type" in changed:
+        check_provider(call, after["server_type"])
     if changed & {"driver", "coe", "server_type", "image_id"}:
         after["driver"] = _resolve_driver(call, after)
         changed.add("driver")

@@ -9,11 +9,41 @@ import sqlalchemy as sa
 
 from jeroboam.api.errors import BadRequest, Conflict, NotFound
 
+# Integer columns are 32-bit.
+INT_MAX = 2**31 - 1
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 
 
 def is_uuid(value: str) -> bool:
     return bool(UUID_RE.match(value))
+
+
+def int_id(value: str) -> int | None:
+    """An integer id as a client wrote it; None when it cannot name a row (ids are 32-bit
+    integers; str.isdigit also accepts digits such as "²" that int() refuses)."""
+    if not (value.isascii() and value.isdigit()):
+        return None
+    number = int(value)
+    return number if number <= INT_MAX else None
+
+
+# An absolute or home-relative file path, or a unix-socket URL; not a URL's `//`, not the
+# `/24` of a network, not a relative `a/b` nor one below a placeholder (`<data_dir>/images`).
+HOST_PATH_RE = re.compile(r"[a-z+.-]*unix://\S+|(?<![\w.~/>-])~?/(?!/|\d+(?![\w/.-]))[^\s'\"(),;\[\]{}<>]+")
+
+
+def for_tenant(ctx, value):
+    """A status reason or error (a string, or a dict or list of them) as a tenant sees it: host
+    paths (the data dir, sockets, programs) become `<path>`; admins, the operator, see all."""
+    if ctx.is_admin:
+        return value
+    if isinstance(value, str):
+        return HOST_PATH_RE.sub("<path>", value)
+    if isinstance(value, dict):
+        return {k: for_tenant(ctx, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [for_tenant(ctx, v) for v in value]
+    return value
 
 
 def iso(value) -> str | None:
@@ -67,9 +97,13 @@ def page(call, model, stmt, path: str, marker_column: str = "uuid", extra_query:
     column = getattr(model, sort_key)
     ident = model.id
     if "marker" in q:
-        marker_attr = getattr(model, marker_column)
-        marker_value = int(q["marker"]) if marker_column == "id" else q["marker"]
-        marker = call.session.execute(sa.select(column, ident).where(marker_attr == marker_value)).first()
+        marker_value = int_id(q["marker"]) if marker_column == "id" else q["marker"]
+        # Looked up among the rows the list itself may return: a marker from elsewhere (another
+        # project's object) is unknown, not a way to learn that it exists or where it sorts.
+        found = sa.select(column, ident).where(getattr(model, marker_column) == marker_value)
+        if stmt.whereclause is not None:
+            found = found.where(stmt.whereclause)
+        marker = None if marker_value is None else call.session.execute(found).first()
         if marker is None:
             raise NotFound(f"Marker {q['marker']} could not be found.")
         stmt = stmt.where(_after(column, ident, marker[0], marker[1], sort_dir))

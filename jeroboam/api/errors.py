@@ -47,16 +47,33 @@ class ServiceUnavailable(APIError):
     code = "server"
 
 
-class NotAcceptable(APIError):
-    """A header or version the router cannot serve: Magnum's webob-style body, no code."""
+class WebobError(APIError):
+    """What Magnum's middleware (not its controllers) refuses: the status phrase as title,
+    the explanation as detail, no code."""
 
-    status = 406
     code = ""
+    title = ""
 
     def body(self) -> bytes:
         return orjson.dumps({"errors": [{
-            "request_id": "", "code": "", "status": 406, "title": "Not Acceptable",
+            "request_id": "", "code": "", "status": self.status, "title": self.title,
             "detail": self.message, "links": []}]})
+
+
+class NotAcceptable(WebobError):
+    """A header or version the router cannot serve."""
+
+    status = 406
+    title = "Not Acceptable"
+
+
+class RequestTooLarge(WebobError):
+    status = 413
+    title = "Request Entity Too Large"
+
+
+class UnsupportedMediaType(APIError):
+    status = 415
 
 
 class Unauthorized(APIError):

@@ -9,7 +9,7 @@ from jeroboam import states
 from jeroboam.api import patch, schemas
 from jeroboam.api.clusters import lookup as lookup_cluster
 from jeroboam.api.common import find_one, iso, listing, page
-from jeroboam.api.errors import BadRequest, Conflict, NotFound
+from jeroboam.api.errors import BadRequest, Conflict, NotFound, invalid_input
 from jeroboam.api.routing import Endpoint, Reply, Resource
 from jeroboam.db.models import Federation
 
@@ -55,6 +55,18 @@ def show(call):
     return view(call, fed)
 
 
+def _check_members(call, member_ids) -> None:
+    """New members must be clusters the caller may see: a federation is no way to learn that
+    another project's cluster exists, nor to pull it in."""
+    for ident in member_ids:
+        if not isinstance(ident, str):
+            raise invalid_input("member_ids", ident, "Wrong type. Expected 'str'")
+        try:
+            lookup_cluster(call, ident)
+        except NotFound as exc:
+            raise BadRequest(exc.message) from None
+
+
 def create(call):
     values = dict(call.body)
     call.state.policy.authorize("federation:create", call.ctx)
@@ -62,6 +74,7 @@ def create(call):
         host = lookup_cluster(call, values["hostcluster_id"])
     except NotFound as exc:
         raise BadRequest(exc.message) from None
+    _check_members(call, values.get("member_ids") or [])
     properties = values.get("properties") or {}
     if "dns-zone" not in properties:
         raise BadRequest("No DNS zone specified: the federation properties must include 'dns-zone'.")
@@ -98,6 +111,10 @@ def update(call):
     changed = patch.changed_fields(before, after)
     if changed - CHANGEABLE:
         raise BadRequest(f"cannot change federation property(ies) {', '.join(sorted(changed - CHANGEABLE))}.")
+    new_members = after.get("member_ids") or []
+    if not isinstance(new_members, list):
+        raise invalid_input("member_ids", new_members, "Value not a valid list")
+    _check_members(call, [m for m in new_members if m not in fed.member_ids])
     fed.member_ids = after.get("member_ids") or []
     fed.properties = after.get("properties") or {}
     fed.status = states.UPDATE_COMPLETE

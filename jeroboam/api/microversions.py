@@ -66,7 +66,7 @@ def negotiate(header: str | None) -> tuple[int, int]:
     if value.lower() == "latest":
         return MAX
     major, dot, minor = value.partition(".")
-    if not (dot and major.isdigit() and minor.isdigit()):
+    if not (dot and value.isascii() and major.isdigit() and minor.isdigit()):  # "²".isdigit() is true
         raise NotAcceptable("Invalid value for OpenStack-API-Version header")
     version = (int(major), int(minor))
     if not MIN <= version <= MAX:

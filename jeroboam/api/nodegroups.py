@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from jeroboam.api import patch, schemas
-from jeroboam.api.clusters import find_nodegroup, lookup as lookup_cluster
-from jeroboam.api.common import iso, listing, page
+from jeroboam.api.clusters import admit_nodes, find_nodegroup, groups_of, lookup as lookup_cluster, server_type_of
+from jeroboam.api.common import for_tenant, iso, listing, page
 from jeroboam.api.errors import BadRequest, Conflict
 from jeroboam.api.routing import Endpoint, Reply, Resource
 from jeroboam.api.validation import Body
@@ -35,6 +35,7 @@ KUBELET_ALLOWED_KEYS = {"kubernetes.io/hostname", "kubernetes.io/arch", "kuberne
 
 def view(call, cluster, group: NodeGroup) -> dict:
     body = {f: getattr(group, f) for f in FIELDS}
+    body["status_reason"] = for_tenant(call.ctx, group.status_reason)
     cluster_labels = cluster.labels or {}
     body["labels_overridden"] = {k: v for k, v in cluster_labels.items()
                                  if k in group.labels and group.labels[k] != v}
@@ -102,6 +103,9 @@ def create(call):
     values.setdefault("node_count", 1)
     values.setdefault("role", "worker")
     _check_node_settings(values["role"], values)
+    existing = sum(g.node_count for g in groups_of(call.session, cluster))
+    admit_nodes(call, cluster.project_id, server_type_of(call, cluster), existing + values["node_count"],
+                values["node_count"])
     values.pop("uuid", None)
     name = values.pop("name", None) or f"nodegroup-{values['role']}"
     if call.session.scalar(sa.select(sa.exists().where(NodeGroup.cluster_id == cluster.uuid,

@@ -1,4 +1,4 @@
-"""/v1/quotas (cluster quotas per project) and /v1/stats."""
+"""/v1/quotas (cluster and node quotas per project) and /v1/stats."""
 
 from __future__ import annotations
 
@@ -10,6 +10,23 @@ from jeroboam.api.errors import BadRequest, Conflict, NotFound
 from jeroboam.api.routing import Endpoint, Reply, Resource
 from jeroboam.api.validation import TRUE_STRINGS
 from jeroboam.db.models import Cluster, NodeGroup, Quota
+
+
+# Each resource's default hard limit, for a project without a quota row (Magnum knows only
+# Cluster; Node bounds the nodes of all a project's clusters).
+DEFAULT_LIMITS = {"Cluster": "max_clusters_per_project", "Node": "max_nodes_per_project"}
+
+
+def default_limit(call, resource: str) -> int:
+    # Magnum answers the cluster default for any resource name it has no default for.
+    return int(call.state.settings.get("quotas", DEFAULT_LIMITS.get(resource, DEFAULT_LIMITS["Cluster"])))
+
+
+def hard_limit(call, project_id: str, resource: str) -> int:
+    """The project's quota of `resource`: its row, else the configured default."""
+    limit = call.session.scalar(sa.select(Quota.hard_limit).where(Quota.project_id == project_id,
+                                                                  Quota.resource == resource))
+    return default_limit(call, resource) if limit is None else limit
 
 
 def view(quota: Quota) -> dict:
@@ -43,10 +60,10 @@ def list_quotas(call):
 
 def show(call):
     call.state.policy.authorize("quota:get", call.ctx, call.path["project_id"])
-    quota = _find(call, call.path["project_id"], call.path["resource"])
+    project_id, resource = call.path["project_id"], call.path["resource"]
+    quota = _find(call, project_id, resource)
     if quota is None:
-        return {"project_id": call.path["project_id"], "resource": call.path["resource"],
-                "hard_limit": int(call.state.settings.get("quotas", "max_clusters_per_project"))}
+        return {"project_id": project_id, "resource": resource, "hard_limit": default_limit(call, resource)}
     return view(quota)
 
 

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from jeroboam import lifecycle
 from jeroboam.api import microversions
 from jeroboam.api.auth import RequestContext
-from jeroboam.api.errors import APIError, BadRequest, error_body, router_error
+from jeroboam.api.errors import APIError, BadRequest, RequestTooLarge, UnsupportedMediaType, error_body, router_error
 from jeroboam.api.schemas import pick
 from jeroboam.api.validation import Body, Query, parse_json
 from jeroboam.states import InvalidTransition
@@ -40,6 +40,8 @@ class Endpoint:
     query: list | Query | None = None
     # For the OpenAPI document: the response's schema, when it has a body.
     response: dict | None = None
+    # The [server] option bounding the request body (Magnum's, or Heat's for the stacks API).
+    body_limit: str = "max_request_body_size"
 
 
 @dataclass
@@ -113,6 +115,8 @@ class Resource:
             return Response(router_error(405, "Method Not Allowed"), 405,
                             headers={**headers, "Allow": self.allow}, media_type="application/json")
         try:
+            limit = int(state.settings.get("server", endpoint.body_limit))
+            _check_body_headers(request, endpoint.body_limit, limit)
             version = microversions.negotiate(request.headers.get(microversions.HEADER))
         except APIError as exc:
             return Response(exc.body(), exc.status, headers={**headers, **exc.headers},
@@ -126,7 +130,7 @@ class Resource:
             project, user, roles = await state.auth.identify(request.headers)
             ctx = RequestContext(project, user, roles, request_id, version)
             query = self._check_query(endpoint, version, request)
-            body = await self._check_body(endpoint, version, request)
+            body = await self._check_body(endpoint, version, request, limit)
             factory = state.read_session_factory if request.method == "GET" else state.session_factory
             with factory() as session:
                 call = Call(ctx, session, state, dict(request.path_params), query, body, base_url(request))
@@ -155,10 +159,44 @@ class Resource:
         return schema.check(request.query_params)
 
     @staticmethod
-    async def _check_body(endpoint: Endpoint, version, request: Request):
+    async def _check_body(endpoint: Endpoint, version, request: Request, limit: int):
         if endpoint.body is None:
             # Endpoints without a body schema ignore what comes (CA rotation gets octet-stream).
             return None
         schema = pick(endpoint.body, version) if isinstance(endpoint.body, list) else endpoint.body
-        raw = await request.body()
-        return schema.check(parse_json(raw))
+        # Read in chunks up to the limit: a chunked body announces no length to check beforehand.
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(endpoint.body_limit, limit)
+            chunks.append(chunk)
+        return schema.check(parse_json(b"".join(chunks)))
+
+
+# Content types a web page may send cross-site without the browser asking first (CORS
+# "simple" requests): a body of one of these must never act, whatever it holds.
+FORM_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
+
+
+def _too_large(option: str, limit: int) -> RequestTooLarge:
+    return RequestTooLarge(f"Request is too large: the limit is {limit} bytes ([server] {option}).")
+
+
+def _check_body_headers(request: Request, option: str, limit: int) -> None:
+    """413 for a body announced above the limit; 415 for a body that is not JSON (JSON Patch
+    bodies may say application/json-patch+json), and for a form type even without a body.
+    An empty body of another type passes: magnumclient's CA rotation sends octet-stream."""
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return
+    headers = request.headers
+    length = headers.get("content-length", "")
+    if length.isascii() and length.isdigit() and int(length) > limit:
+        raise _too_large(option, limit)
+    media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    is_json = media_type == "application/json" or (media_type.startswith("application/")
+                                                   and media_type.endswith("+json"))
+    has_body = length not in ("", "0") or "transfer-encoding" in headers
+    if media_type in FORM_TYPES or (has_body and not is_json):
+        raise UnsupportedMediaType(f"Unknown mimetype: {media_type or 'none'}. Request bodies must be "
+                                   "application/json.")

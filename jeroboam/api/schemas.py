@@ -8,6 +8,7 @@ document is generated from these same objects.
 from __future__ import annotations
 
 from jeroboam import states
+from jeroboam.api.common import INT_MAX
 from jeroboam.api.validation import Body, Query
 
 UUID_PATTERN = "^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
@@ -22,9 +23,6 @@ def string(min_length: int = 1, max_length: int = 255, nullable: bool = True) ->
 
 
 # Columns are 32-bit integers: anything larger is refused here, not by the database.
-INT_MAX = 2**31 - 1
-
-
 def integer(minimum: int | None = None, maximum: int = INT_MAX, nullable: bool = True,
             below_minimum: str | None = None) -> dict:
     schema: dict = {"type": ["integer", "null"] if nullable else "integer", "maximum": maximum}
@@ -189,7 +187,7 @@ CERTIFICATE_CREATE = versioned(((1, 1), Body("certificate", {
 
 QUOTA_PROPERTIES = {
     "project_id": string(nullable=False),
-    "resource": {"type": ["string", "null"], "enum": ["Cluster", None]},
+    "resource": {"type": ["string", "null"], "enum": ["Cluster", "Node", None]},
     "hard_limit": integer(0),
 }
 # A quota's project_id is its input, not the caller's.

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import sqlalchemy as sa
 
 from jeroboam.api import schemas
-from jeroboam.api.common import filter_equal, find_one, iso, listing, page, page_limit
+from jeroboam.api.common import filter_equal, find_one, for_tenant, iso, listing, page, page_limit
 from jeroboam.api.errors import BadRequest, Conflict, Forbidden, NotFound
 from jeroboam.api.routing import Endpoint, Reply, Resource
 from jeroboam.api.validation import Body, Query
@@ -89,7 +89,8 @@ def summary(call, row: Stack) -> dict:
     return {
         "id": row.uuid, "stack_name": row.name,
         "description": (row.template or {}).get("description") or "No description",
-        "stack_status": _state(row.action, row.status), "stack_status_reason": row.status_reason,
+        "stack_status": _state(row.action, row.status),
+        "stack_status_reason": for_tenant(call.ctx, row.status_reason),
         "creation_time": iso(row.created_at), "updated_time": iso(row.updated_at),
         "deletion_time": iso(row.deleted_at), "project": row.project_id,
         "stack_owner": None, "parent": None, "tags": None, "stack_user_project_id": None,
@@ -122,7 +123,7 @@ def _resource(call, row: Stack, rec, required_by: list) -> dict:
     return {
         "resource_name": rec.name, "logical_resource_id": rec.name, "physical_resource_id": rec.physical_id,
         "resource_type": rec.type, "resource_status": _state(rec.action, rec.status),
-        "resource_status_reason": rec.status_reason, "creation_time": iso(rec.created_at),
+        "resource_status_reason": for_tenant(call.ctx, rec.status_reason), "creation_time": iso(rec.created_at),
         "updated_time": iso(rec.updated_at), "required_by": required_by,
         "links": [{"href": f"{base}/resources/{rec.name}", "rel": "self"}, {"href": base, "rel": "stack"}],
     }
@@ -134,7 +135,7 @@ def _event(call, row: Stack, event) -> dict:
         "id": event.id, "event_time": iso(event.time), "resource_name": event.resource_name,
         "logical_resource_id": event.resource_name, "physical_resource_id": event.physical_resource_id,
         "resource_type": event.resource_type, "resource_status": _state(event.action, event.status),
-        "resource_status_reason": event.reason,
+        "resource_status_reason": for_tenant(call.ctx, event.reason),
         "links": [{"href": f"{base}/events/{event.id}", "rel": "self"}, {"href": base, "rel": "stack"}],
     }
 
@@ -373,14 +374,15 @@ RESOURCES = [
              get=Endpoint(list_stacks, "List stacks (filter by name, action, status)", query=STACK_LIST_QUERY,
                           response=_array("stacks", STACK)),
              post=Endpoint(create, "Create a stack (asynchronous; a task does the work)", 202, body=STACK_CREATE,
-                           response={"type": "object", "properties": {"stack": STACK_REF}})),
+                           response={"type": "object", "properties": {"stack": STACK_REF}},
+                           body_limit="max_json_body_size")),
     Resource("/v1/stacks/{ident}",
              get=Endpoint(show, "Show a stack by id or name, with parameters and outputs", query=schemas.NO_QUERY,
                           response={"type": "object", "properties": {"stack": STACK}}),
              patch=Endpoint(patch_stack, "Update a stack; omitted template and parameters keep their values", 202,
-                            body=STACK_UPDATE),
+                            body=STACK_UPDATE, body_limit="max_json_body_size"),
              put=Endpoint(put_stack, "Replace a stack's template; omitted parameters take their defaults", 202,
-                          body=STACK_UPDATE),
+                          body=STACK_UPDATE, body_limit="max_json_body_size"),
              delete=Endpoint(delete, "Delete a stack (asynchronous)", 204)),
     Resource("/v1/stacks/{ident}/resources",
              get=Endpoint(list_resources, "List a stack's resources (nested_depth=1 adds group members)",

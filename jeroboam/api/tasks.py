@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from jeroboam import states
 from jeroboam.api import schemas
-from jeroboam.api.common import filter_equal, iso, listing, page
+from jeroboam.api.common import filter_equal, for_tenant, iso, listing, page
 from jeroboam.api.errors import BadRequest, Conflict, NotFound
 from jeroboam.api.routing import Endpoint, Reply, Resource
 from jeroboam.db.base import utcnow
@@ -27,6 +27,7 @@ def _seconds(start, end) -> float | None:
 
 def summary(call, task: Task) -> dict:
     body = {f: getattr(task, f) for f in SUMMARY}
+    body["error"] = for_tenant(call.ctx, task.error)
     body.update(created_at=iso(task.created_at), started_at=iso(task.started_at),
                 finished_at=iso(task.finished_at), updated_at=iso(task.updated_at),
                 cancellable=registry.get(task.action).cancellable and task.state not in states.TASK_DONE,
@@ -39,11 +40,17 @@ def detail(call, task: Task) -> dict:
     steps = call.session.scalars(sa.select(TaskStep).where(TaskStep.task_id == task.id)
                                  .order_by(TaskStep.position, TaskStep.id))
     events = call.session.scalars(sa.select(TaskEvent).where(TaskEvent.task_id == task.id).order_by(TaskEvent.id))
-    body["error_detail"] = task.error_detail
-    body["steps"] = [{"name": s.name, "state": s.state, "attempts": s.attempts, "error": s.error,
+    detail = task.error_detail
+    if detail and not call.ctx.is_admin:
+        # A server-side traceback is the operator's business (the worker logs it).
+        detail = for_tenant(call.ctx, {k: v for k, v in detail.items() if k != "traceback"})
+    body["error_detail"] = detail
+    body["steps"] = [{"name": s.name, "state": s.state, "attempts": s.attempts,
+                      "error": for_tenant(call.ctx, s.error),
                       "started_at": iso(s.started_at), "finished_at": iso(s.finished_at),
                       "duration_seconds": _seconds(s.started_at, s.finished_at)} for s in steps]
-    body["events"] = [{"time": iso(e.time), "level": e.level, "step": e.step, "message": e.message}
+    body["events"] = [{"time": iso(e.time), "level": e.level, "step": e.step,
+                       "message": for_tenant(call.ctx, e.message)}
                       for e in events]
     return body
 

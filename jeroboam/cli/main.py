@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import ipaddress
 import logging
+import logging.config
 import os
 import shutil
 import signal
@@ -50,10 +52,42 @@ def _check_auth(settings: config.Settings) -> None:
         sys.exit(f"jeroboam: {problem}")
 
 
-def _logging(settings: config.Settings) -> None:
-    logging.basicConfig(level=str(settings.get("server", "log_level")).upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin, every start
+def _log_path(settings: config.Settings, program: str) -> str:
+    """Where the log goes as oslo.log decides it: log_file (in log_dir if set), else log_dir/<program>.log."""
+    log_file, log_dir = str(settings.get("DEFAULT", "log_file")), str(settings.get("DEFAULT", "log_dir"))
+    if log_dir:
+        return os.path.join(log_dir, log_file or f"{program}.log")
+    return log_file
+
+
+def _logging(settings: config.Settings, program: str) -> None:
+    level = "DEBUG" if settings.get("DEFAULT", "debug") else str(settings.get("server", "log_level")).upper()
+    path = _log_path(settings, program)
+    # WatchedFileHandler reopens the file when logrotate moves it away.
+    handler = ({"class": "logging.handlers.WatchedFileHandler", "filename": path} if path else
+               {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"})
+    quiet = {}
+    for pair in str(settings.get("DEFAULT", "default_log_levels")).split(","):
+        name, sep, quiet_level = pair.strip().partition("=")
+        if not sep or quiet_level.strip().upper() not in logging.getLevelNamesMapping():
+            raise StartupError(f"[DEFAULT] default_log_levels: expected LOGGER=LEVEL, got {pair.strip()!r}")
+        quiet[name.strip()] = {"level": quiet_level.strip().upper()}
+    try:
+        logging.config.dictConfig({
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {
+                "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+                "json": {"()": "oslo_log.formatters.JSONFormatter"},
+            },
+            "handlers": {"main": {**handler, "formatter": "json" if settings.get("DEFAULT", "use_json") else "text"}},
+            "root": {"level": level, "handlers": ["main"]},
+            # alembic.runtime.plugins: a line per plugin at every start.
+            "loggers": {"alembic.runtime.plugins": {"level": "WARNING"}, **quiet},
+        })
+    except ValueError as exc:  # a log file that cannot be opened, a level that does not exist
+        cause = exc.__cause__
+        raise StartupError(f"logging: {getattr(cause, 'strerror', None) or cause or exc}: {path}") from None
 
 
 def _engine(settings, revision: str):
@@ -103,6 +137,21 @@ def _start_worker(settings, engine, name=None):
     return worker
 
 
+def _check_exposure(settings, host: str) -> None:
+    """noauth trusts identity headers, so anyone who can reach it is any project, admin
+    included: it serves loopback only, unless the operator says otherwise."""
+    if settings.get("auth", "strategy") != "noauth" or settings.get("auth", "noauth_allow_remote"):
+        return
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        addresses = set()
+    if not addresses or not all(ipaddress.ip_address(a.split("%", 1)[0]).is_loopback for a in addresses):
+        raise StartupError(f"refusing to serve noauth on {settings.get('server', 'bind')}: without "
+                           "authentication anyone who can reach the API acts as any project; bind to "
+                           "127.0.0.1, use --auth keystone, or set [auth] noauth_allow_remote = true")
+
+
 def _listen_address(settings) -> tuple[str, int]:
     """HOST and PORT of [server] bind, checked to be free now so that a conflict is one clear line."""
     bind = str(settings.get("server", "bind"))
@@ -110,6 +159,7 @@ def _listen_address(settings) -> tuple[str, int]:
     host = host.strip("[]") or "127.0.0.1"
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise StartupError(f"[server] bind: expected HOST:PORT, got {bind!r}")
+    _check_exposure(settings, host)
     try:
         with socket.create_server((host, int(port)), family=socket.AF_INET6 if ":" in host else socket.AF_INET):
             pass
@@ -148,7 +198,8 @@ def _run_api(settings, engine) -> None:
     host, port = _listen_address(settings)
     workers = int(settings.get("server", "api_workers"))
     common = dict(host=host, port=port, loop="uvloop", http="httptools", access_log=False,
-                  log_level=str(settings.get("server", "log_level")).lower(), lifespan="off")
+                  log_level=str(settings.get("server", "log_level")).lower(), lifespan="off",
+                  log_config=None)  # uvicorn's lines go through our handlers, not its own
     _announce_when_listening(host, port, engine.url.render_as_string(hide_password=True))
     if workers > 1:
         # Child processes rebuild the settings from the environment.
@@ -167,14 +218,14 @@ def api_process_app():
     from jeroboam.api.app import create_app
 
     settings = config.load()
-    _logging(settings)
+    _logging(settings, "jeroboam-api")
     return create_app(settings)
 
 
 def cmd_serve(args) -> int:
     settings = _settings(args)
     _check_auth(settings)
-    _logging(settings)
+    _logging(settings, "jeroboam")
     _listen_address(settings)  # before anything starts: a busy port stops everything at once
     engine = _engine(settings, "any")
     _upgrade(engine)
@@ -189,14 +240,15 @@ def cmd_serve(args) -> int:
 def cmd_api(args) -> int:
     settings = _settings(args)
     _check_auth(settings)
-    _logging(settings)
+    _logging(settings, "jeroboam-api")
+    _listen_address(settings)  # a refused or busy address stops it before the database is looked at
     _run_api(settings, _engine(settings, "warn"))
     return 0
 
 
 def cmd_worker(args) -> int:
     settings = _settings(args)
-    _logging(settings)
+    _logging(settings, "jeroboam-worker")
     worker = _start_worker(settings, _engine(settings, "required"), name=args.name)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -208,7 +260,7 @@ def cmd_worker(args) -> int:
 
 def cmd_db_upgrade(args) -> int:
     settings = _settings(args)
-    _logging(settings)
+    _logging(settings, "jeroboam-manage")
     _upgrade(_engine(settings, "any"))
     print("database is at the newest revision")
     return 0

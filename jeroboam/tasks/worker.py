@@ -174,6 +174,8 @@ class Worker:
         except TaskCancelled as exc:
             self._end(task.id, "cancel", str(exc))
         except StepFailed as exc:
+            # Tenants see the reason with host paths hidden; the log keeps it whole.
+            LOG.warning("task %s failed in step %s: %s", task.uuid, exc.step, exc.cause)
             self._end(task.id, "fail", str(exc), {"step": exc.step, "type": type(exc.cause).__name__})
         except Exception as exc:
             LOG.exception("task %s failed", task.uuid)

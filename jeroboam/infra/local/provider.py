@@ -276,6 +276,7 @@ class NodeStore(Provider):
                               **data)
 
     def _nodes(self) -> list:
+        # glob, not iterdir: before the first node (a cluster deleted at once) there is no dir
         return [n for p in sorted((self.state_dir / "nodes").glob("*"))
                 if (n := self._load_node(p.name))]
 

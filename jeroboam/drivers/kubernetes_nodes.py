@@ -17,8 +17,14 @@ from jeroboam.infra import InfraError, Mount, Node, ProcessSpec
 from . import kubernetes_conf as conf
 
 ROOT = "k8s"  # the node's Kubernetes directory, inside its file area
-CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+API = ("etcd", "kube-apiserver")
+CONTROL_PLANE = API + ("kube-controller-manager", "kube-scheduler")
 NODE_AGENTS = ("kubelet", "kube-proxy")
+# What a cluster starts before its API answers (kubelets take a second or two to start, then
+# register at once), and what after: nothing of this is needed for nodes to be Ready, and
+# the controller-manager exits when the API is not healthy within 10 s of its start.
+BEFORE_API = API + ("kubelet",)
+AFTER_API = CONTROL_PLANE[len(API):] + ("kube-proxy",)
 
 
 def root(node: Node) -> str:
@@ -71,7 +77,7 @@ def processes(node: Node, spec: conf.Spec, member: conf.Member,
                            ("kube-controller-manager", conf.controller_manager_argv(spec, member, base)),
                            ("kube-scheduler", conf.scheduler_argv(spec, member, base))):
             procs.append(ProcessSpec(name, tuple(argv), restart=True))
-    kubelet = conf.kubelet_argv(spec, member, base, cgroup_root(node))
+    kubelet = conf.kubelet_argv(spec, member, base, cgroup_root(node), node.api_address)
     procs.append(ProcessSpec("kubelet", tuple(kubelet), conf.kubelet_env(base, node.api_address),
                              mounts=_mounts(node)))
     procs.append(ProcessSpec("kube-proxy", tuple(conf.kube_proxy_argv(spec, member, base)),

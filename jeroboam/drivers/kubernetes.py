@@ -2,10 +2,14 @@
 
 A cluster is one orchestration stack of the provider's network and nodes, as for Swarm. On
 those nodes the driver runs the Kubernetes binaries of ``[kubernetes] bin_dir`` (v1.20):
-masters run etcd (one member each), kube-apiserver on :6443, controller-manager (node podCIDRs)
-and scheduler; every node, masters included (tainted NoSchedule, as Magnum registers them),
-runs kubelet on its own dockerd (dockershim) with kubenet, and kube-proxy in iptables mode.
-The driver routes every node's podCIDR to it from every other node.
+masters run etcd (one member each), kube-apiserver on :6443, controller-manager and scheduler;
+every node, masters included (tainted NoSchedule, as Magnum registers them), runs kubelet on its
+own dockerd (dockershim) with kubenet, and kube-proxy in iptables mode. The driver gives each
+node its podCIDR (a function of its address, see kubernetes_conf.node_pod_cidr) and routes it
+to the node from every other node.
+
+A create overlaps what it can: the masters' etcd and API server start while the stack still
+starts the nodes' dockerds, kubelets while the API comes up; the rest once it answers.
 
 Labels: Magnum's ``kube_tag`` is ignored (one version: the binaries'), ``service_cluster_ip_range``
 and ``calico_ipv4pool``/``flannel_network_cidr`` (pod network), ``kubelet_options``,
@@ -31,7 +35,7 @@ from jeroboam.pki import KeyPair
 
 from . import kubernetes_conf as conf
 from . import kubernetes_nodes as knodes
-from .kubernetes_api import APIError, KubeAPI, ready_condition
+from .kubernetes_api import APIError, KubeAPI, ready_condition, schedulable
 
 API_TIMEOUT = 60
 NODES_TIMEOUT = 90
@@ -76,8 +80,8 @@ def wait_api(api: KubeAPI, timeout: float = API_TIMEOUT) -> None:
 
 
 def wait_ready(api: KubeAPI, cidrs: dict[str, str], timeout: float = NODES_TIMEOUT) -> None:
-    """Wait until every node (hostname -> its podCIDR) is registered and Ready. A registered
-    node's spec gets the podCIDR its kubelet has used from the start."""
+    """Wait until every node (hostname -> its podCIDR) is registered, Ready and schedulable.
+    A registered node's spec gets the podCIDR its kubelet has used from the start."""
     def check() -> bool:
         try:
             nodes = {n["metadata"]["name"]: n for n in api.nodes()}
@@ -87,12 +91,13 @@ def wait_ready(api: KubeAPI, cidrs: dict[str, str], timeout: float = NODES_TIMEO
                                                    "podCIDRs": [cidrs[name]]}})
         except APIError:
             return False
-        return all(h in nodes and ready_condition(nodes[h]) for h in cidrs)
+        return all(h in nodes and schedulable(nodes[h]) for h in cidrs)
 
     def detail() -> str:
         try:
-            return ", ".join(f"{n['metadata']['name']}: Ready {ready_condition(n)}"
-                             for n in api.nodes()) or "none registered"
+            return ", ".join(f"{n['metadata']['name']}: Ready {ready_condition(n)}, "
+                             f"schedulable {schedulable(n)}" for n in api.nodes()) \
+                or "none registered"
         except APIError as exc:
             return str(exc)
     wait_until(check, timeout, "wait for the nodes to be Ready", interval=0.1, detail=detail)

@@ -166,7 +166,10 @@ def node_files(spec: Spec, member: Member, ca: KeyPair, root: str,
         pair("apiserver-etcd-client", issue_client_cert(ca, "kube-apiserver-etcd-client"))
         pair("etcd", issue_server_cert(ca, member.hostname, [member.address, "127.0.0.1"],
                                        [member.hostname, "localhost"]))
-        client("controller-manager.kubeconfig", "system:kube-controller-manager")
+        # its controllers share its identity: with one service account each, every controller
+        # waits for its token in turn (seconds at start-up); it holds the CA and service
+        # account keys, so the group gives it nothing it could not sign for itself
+        client("controller-manager.kubeconfig", "system:kube-controller-manager", "system:masters")
         client("scheduler.kubeconfig", "system:kube-scheduler")
     return files
 
@@ -253,7 +256,7 @@ def controller_manager_argv(spec: Spec, member: Member, root: str) -> list[str]:
         "--kubeconfig", f"{root}/controller-manager.kubeconfig", *_NOT_SERVING,
         "--cluster-signing-cert-file", f"{pki}/ca.pem", "--cluster-signing-key-file", f"{pki}/ca-key.pem",
         "--root-ca-file", f"{pki}/ca.pem", "--service-account-private-key-file", f"{pki}/ca-key.pem",
-        "--use-service-account-credentials",
+        "--use-service-account-credentials=false",
         # podCIDRs are the driver's (node_pod_cidr)
         "--allocate-node-cidrs=false", "--service-cluster-ip-range", spec.service_cidr,
         f"--leader-elect={str(len(spec.masters) > 1).lower()}",

@@ -20,11 +20,12 @@ ROOT = "k8s"  # the node's Kubernetes directory, inside its file area
 API = ("etcd", "kube-apiserver")
 CONTROL_PLANE = API + ("kube-controller-manager", "kube-scheduler")
 NODE_AGENTS = ("kubelet", "kube-proxy")
-# What a cluster starts before its API answers (kubelets take a second or two to start, then
-# register at once), and what after: nothing of this is needed for nodes to be Ready, and
-# the controller-manager exits when the API is not healthy within 10 s of its start.
-BEFORE_API = API + ("kubelet",)
-AFTER_API = CONTROL_PLANE[len(API):] + ("kube-proxy",)
+# What a cluster starts before its API answers: the controller-manager (it waits for the API
+# itself; nodes are schedulable once it has seen them Ready) and kubelets (they register as
+# soon as the API answers). The scheduler and kube-proxy start once it does: their informers
+# would back off for up to 30 s while it does not.
+BEFORE_API = API + ("kube-controller-manager", "kubelet")
+AFTER_API = ("kube-scheduler", "kube-proxy")
 
 
 def root(node: Node) -> str:

@@ -353,7 +353,8 @@ def insecure_copy(config: str, path: Path) -> str:
 def test_ca_rotation_reissues_every_certificate_and_old_kubeconfigs_stop_working(
         service, magnum, cluster, kubeconfig, tmp_path):
     old_ca = x509.load_pem_x509_certificate(magnum.certificates.get(cluster_uuid=cluster).pem.encode())
-    nodes = ["kube-master-0", "kube-node-2"]
+    nodes = sorted(ready_nodes(kubeconfig))
+    worker = next(n for n in nodes if "-node-" in n)
     assert python_client_nodes(kubeconfig) == nodes
     kubectl(kubeconfig, "create", "configmap", "before-rotation", "--from-literal=k=v")
     before = certificates(service, cluster)
@@ -394,12 +395,12 @@ def test_ca_rotation_reissues_every_certificate_and_old_kubeconfigs_stop_working
     assert json.loads(kubectl(fresh, "get", "configmap", "before-rotation", "-o", "json"))[
         "data"] == {"k": "v"}
     kubectl(fresh, "apply", "-f", "-", stdin=PINNED.replace(
-        "{magnum.openstack.org/nodegroup: extra}", "{kubernetes.io/hostname: kube-node-2}"))
+        "{magnum.openstack.org/nodegroup: extra}", f"{{kubernetes.io/hostname: {worker}}}"))
     kubectl(fresh, "wait", "--for=condition=Ready", "pod/pinned", "--timeout=60s")
     assert kubectl(fresh, "exec", "pinned", "--", "echo", "through the kubelet").strip() == \
         "through the kubelet"
     assert healthy(magnum, cluster).health_status_reason == {
-        "api": "ok", "kube-master-0.Ready": "True", "kube-node-2.Ready": "True"}
+        "api": "ok", **{f"{n}.Ready": "True" for n in nodes}}
 
 
 def delete_leaves_the_host_as_it_was(service, magnum, cluster_uuid: str) -> None:

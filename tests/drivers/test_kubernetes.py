@@ -321,6 +321,11 @@ def certificates(service, cluster_uuid: str) -> dict[str, x509.Certificate]:
     return found
 
 
+def cluster_ca(magnum, cluster_uuid: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(
+        magnum.certificates.get(cluster_uuid=cluster_uuid).pem.encode())
+
+
 def signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(ca)
@@ -352,7 +357,7 @@ def insecure_copy(config: str, path: Path) -> str:
 
 def test_ca_rotation_reissues_every_certificate_and_old_kubeconfigs_stop_working(
         service, magnum, cluster, kubeconfig, tmp_path):
-    old_ca = x509.load_pem_x509_certificate(magnum.certificates.get(cluster_uuid=cluster).pem.encode())
+    old_ca = cluster_ca(magnum, cluster)
     nodes = sorted(ready_nodes(kubeconfig))
     worker = next(n for n in nodes if "-node-" in n)
     assert python_client_nodes(kubeconfig) == nodes
@@ -362,7 +367,7 @@ def test_ca_rotation_reissues_every_certificate_and_old_kubeconfigs_stop_working
 
     magnum.certificates.rotate_ca(cluster_uuid=cluster)
     wait_status(magnum, cluster, "UPDATE_COMPLETE", timeout=180)
-    new_ca = x509.load_pem_x509_certificate(magnum.certificates.get(cluster_uuid=cluster).pem.encode())
+    new_ca = cluster_ca(magnum, cluster)
     assert new_ca != old_ca
 
     # every certificate on every node re-issued from the new CA

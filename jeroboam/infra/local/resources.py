@@ -39,7 +39,7 @@ _current: LocalProvider | None = None
 
 
 def state_dir(settings) -> str:
-    return str(Path(settings.get("server", "data_dir")) / "local")
+    return str(Path(settings.get("DEFAULT", "state_path")) / "local")
 
 
 def prefix_for(state: str) -> str:

@@ -274,16 +274,23 @@ class Settings:
 
     def __init__(self, conf: cfg.ConfigOpts, args: list[str], command_line: dict[str, str], notes: list[str]):
         self.conf = conf
-        self.args = args
+        self._args = args
         self._command_line = command_line
         self.notes = notes  # warnings for the log: former names, options that do not exist
+        # Values once read, as requests read some each time: a dict look-up, not oslo.config's ~2 us.
+        self._values: dict[tuple[str, str], object] = {}
 
     def get(self, section: str, name: str):
-        section, name = RENAMED.get((section, name), (section, name))
         try:
-            return _get(self.conf, section, name)
+            return self._values[section, name]
+        except KeyError:
+            pass
+        group, option = RENAMED.get((section, name), (section, name))
+        try:
+            value = self._values[section, name] = _get(self.conf, group, option)
         except (cfg.NoSuchOptError, cfg.NoSuchGroupError):
-            raise KeyError(f"unknown option [{section}] {name}") from None
+            raise KeyError(f"unknown option [{group}] {option}") from None
+        return value
 
     @property
     def database_url(self) -> str:
@@ -301,7 +308,7 @@ class Settings:
     def child_env(self) -> dict[str, str]:
         """Environment under which a child process's load() gives these settings: the same files,
         and the command line's values as the environment (which beats the files)."""
-        return {CONFIG_ARGS_ENV: shlex.join(self.args), **self._command_line}
+        return {CONFIG_ARGS_ENV: shlex.join(self._args), **self._command_line}
 
 
 def _files(conf: cfg.ConfigOpts) -> list[tuple[str, dict]]:

@@ -28,7 +28,7 @@ def int_id(value: str) -> int | None:
 
 
 # An absolute or home-relative file path, or a unix-socket URL; not a URL's `//`, not the
-# `/24` of a network, not a relative `a/b` nor one below a placeholder (`<data_dir>/images`).
+# `/24` of a network, not a relative `a/b` nor one below a placeholder (`<state_path>/images`).
 HOST_PATH_RE = re.compile(r"[a-z+.-]*unix://\S+|(?<![\w.~/>-])~?/(?!/|\d+(?![\w/.-]))[^\s'\"(),;\[\]{}<>]+")
 
 

@@ -100,7 +100,7 @@ def _engine(settings, revision: str):
     from jeroboam.db.base import make_engine
 
     try:
-        url = settings.database_url  # makes data_dir for the embedded database
+        url = settings.database_url  # makes state_path for the embedded database
     except OSError as exc:
         raise StartupError(f"[DEFAULT] state_path: {exc.strerror}: {exc.filename}") from None
     try:

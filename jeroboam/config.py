@@ -36,6 +36,7 @@ def _default_state_path() -> str:
 
 
 def _renamed(group: str, name: str | None = None) -> list[cfg.DeprecatedOpt]:
+    """An option's former place: its group, and its name when that changed too."""
     return [cfg.DeprecatedOpt(name, group=group)]
 
 

@@ -5,9 +5,9 @@ would set them; a caller sending none of them gets the configured defaults, so
 that plain `curl` and `openstack --os-auth-type none` work.
 
 keystone hands X-Auth-Token to keystonemiddleware's auth_token, called as the
-WSGI middleware it is (its own [keystone_authtoken] options, read from Jeroboam's
-configuration, retries, and 503 when Keystone cannot be reached), in a worker thread so that a slow Keystone
-never stalls the event loop. A bounded LRU cache sits in front of it; an entry
+WSGI middleware it is (its own [keystone_authtoken] options, which it reads from
+Jeroboam's configuration, retries, and 503 when Keystone cannot be reached), in a
+worker thread so that a slow Keystone never stalls the event loop. A bounded LRU cache sits in front of it; an entry
 lives token_cache_time seconds but never past the token's expires_at.
 
 Either way a role implies the roles Keystone's defaults say it does.

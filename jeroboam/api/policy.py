@@ -185,7 +185,7 @@ def _enforcer(conf: cfg.ConfigOpts | None) -> policy.Enforcer:
 
 def get_enforcer() -> policy.Enforcer:
     """The enforcer oslo.policy's tools load (entry point oslo.policy.enforcer), with Jeroboam's
-    configuration ([oslo_policy] policy_file in /etc/jeroboam/jeroboam.conf, JEROBOAM_OSLO_POLICY_POLICY_FILE)."""
+    configuration: [oslo_policy] policy_file from /etc/jeroboam/jeroboam.conf or the environment."""
     from jeroboam import config
 
     return _enforcer(config.load().conf)

@@ -40,6 +40,11 @@ OPTIONS: list[Option] = [
     Option("DEFAULT", "default_log_levels", "urllib3=WARNING,docker=WARNING,keystonemiddleware=WARNING,"
            "keystoneauth=WARNING,alembic=WARNING,stevedore=WARNING,oslo_policy=WARNING",
            "LOGGER=LEVEL pairs, comma-separated: third-party loggers kept quieter than the rest."),
+    # Privilege separation (issue 11).
+    Option("DEFAULT", "api_user", "jeroboam", "User (and its group) the API runs as when `jeroboam serve` or "
+           "`jeroboam api` starts as root: the port is bound first, then the API drops to it with no "
+           "capabilities, while serve's worker stays root; the embedded database is made this user's. "
+           "root or empty: the API stays root."),
     Option("server", "bind", "127.0.0.1:9511", "HOST:PORT the API listens on."),
     Option("server", "api_workers", 1, "Number of API processes."),
     Option("server", "data_dir", _default_data_dir(), "Where the embedded database and cluster state live."),

@@ -1,8 +1,20 @@
+import os
 import uuid
 
 import pytest
 
 from tests.support import Api, Process, base_env, free_port, wait_http
+
+
+@pytest.fixture(scope="session", autouse=True)
+def api_user_reaches_tmp(tmp_path_factory):
+    """A root `serve` or `api` runs its API as [DEFAULT] api_user, which must reach the data
+    directories tests make under pytest's root-only temporary directories: others may pass
+    through those two (not list them); each test's own directory stays 0700 until a service
+    hands it to the API's group."""
+    base = tmp_path_factory.getbasetemp()
+    for path in (base, base.parent):
+        path.chmod(path.stat().st_mode | 0o001)
 
 
 @pytest.fixture(scope="session")

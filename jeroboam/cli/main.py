@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from jeroboam import config
-from jeroboam.cli import tasks
+from jeroboam.cli import privsep, tasks
 
 LOG = logging.getLogger("jeroboam")
 
@@ -152,20 +152,24 @@ def _check_exposure(settings, host: str) -> None:
                            "127.0.0.1, use --auth keystone, or set [auth] noauth_allow_remote = true")
 
 
-def _listen_address(settings) -> tuple[str, int]:
-    """HOST and PORT of [server] bind, checked to be free now so that a conflict is one clear line."""
+def _listen_socket(settings) -> socket.socket:
+    """The socket of [server] bind, bound now: a taken address is one clear line before anything
+    starts, and a port below 1024 is bound while the process still may (see privsep).
+    uvicorn listens on it once it serves."""
     bind = str(settings.get("server", "bind"))
     host, sep, port = bind.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise StartupError(f"[server] bind: expected HOST:PORT, got {bind!r}")
     _check_exposure(settings, host)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        with socket.create_server((host, int(port)), family=socket.AF_INET6 if ":" in host else socket.AF_INET):
-            pass
+        sock.bind((host, int(port)))
     except OSError as exc:
+        sock.close()
         raise StartupError(f"cannot listen on {bind}: {exc.strerror or exc}") from None
-    return host, int(port)
+    return sock
 
 
 def _announce_when_listening(host: str, port: int, database: str) -> None:
@@ -184,27 +188,37 @@ def _announce_when_listening(host: str, port: int, database: str) -> None:
     threading.Thread(target=wait, name="announce", daemon=True).start()
 
 
-def _metrics_dir(settings, port: int) -> str:
-    """A fresh directory where the API processes keep their request metrics (multiprocess mode)."""
+def _api_files(settings, port: int, user) -> str | None:
+    """What the API needs made before it starts, its user's when it drops privileges: the
+    embedded database, and the fresh directory where several API processes keep their request
+    metrics (multiprocess mode; None for one process)."""
+    if user is not None:
+        privsep.share_database(settings, user)
+    if int(settings.get("server", "api_workers")) < 2:
+        return None
     path = Path(settings.get("server", "data_dir")) / "metrics" / str(port)
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
+    if user is not None:
+        os.chown(path, user.pw_uid, user.pw_gid)
     return str(path)
 
 
-def _run_api(settings, engine) -> None:
+def _run_api(settings, engine, sock: socket.socket, metrics_dir: str | None) -> None:
     import uvicorn
 
-    host, port = _listen_address(settings)
+    host, port = sock.getsockname()[:2]
     workers = int(settings.get("server", "api_workers"))
-    common = dict(host=host, port=port, loop="uvloop", http="httptools", access_log=False,
+    common = dict(fd=sock.fileno(), loop="uvloop", http="httptools", access_log=False,
                   log_level=str(settings.get("server", "log_level")).lower(), lifespan="off",
                   log_config=None)  # uvicorn's lines go through our handlers, not its own
     _announce_when_listening(host, port, engine.url.render_as_string(hide_password=True))
     if workers > 1:
-        # Child processes rebuild the settings from the environment.
+        # Child processes rebuild the settings from the environment alone: the file may be
+        # one they cannot read once privileges are dropped.
         os.environ.update(settings.as_env())
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir(settings, port)
+        os.environ.pop("JEROBOAM_CONFIG", None)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         uvicorn.run("jeroboam.cli.main:api_process_app", factory=True, workers=workers, **common)
     else:
         from jeroboam.api.app import create_app
@@ -226,23 +240,49 @@ def cmd_serve(args) -> int:
     settings = _settings(args)
     _check_auth(settings)
     _logging(settings, "jeroboam")
-    _listen_address(settings)  # before anything starts: a busy port stops everything at once
+    sock = _listen_socket(settings)  # before anything starts: a busy port stops everything at once
     engine = _engine(settings, "any")
     _upgrade(engine)
-    worker = _start_worker(settings, engine)
+    user = privsep.api_user(settings)
+    metrics_dir = _api_files(settings, sock.getsockname()[1], user)
+    if user is None:
+        worker = _start_worker(settings, engine)
+        try:
+            _run_api(settings, engine, sock, metrics_dir)
+        finally:
+            worker.stop()
+        return 0
+
+    def api() -> int:
+        _run_api(settings, _engine(settings, "any"), sock, metrics_dir)
+        return 0
+    # The API becomes the user in a process of its own, forked before the worker's threads
+    # exist and without this process's database connections; the worker stays root here.
+    engine.dispose()
+    pid = privsep.fork_api(user, lambda: _reported(api))
+    sock.close()
     try:
-        _run_api(settings, engine)
+        worker = _start_worker(settings, engine)
+    except BaseException:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+        raise
+    try:
+        return privsep.supervise(pid)
     finally:
         worker.stop()
-    return 0
 
 
 def cmd_api(args) -> int:
     settings = _settings(args)
     _check_auth(settings)
     _logging(settings, "jeroboam-api")
-    _listen_address(settings)  # a refused or busy address stops it before the database is looked at
-    _run_api(settings, _engine(settings, "warn"))
+    sock = _listen_socket(settings)  # a refused or busy address stops it before the database is looked at
+    user = privsep.api_user(settings)
+    metrics_dir = _api_files(settings, sock.getsockname()[1], user)
+    if user is not None:
+        privsep.drop_privileges(user)
+    _run_api(settings, _engine(settings, "warn"), sock, metrics_dir)
     return 0
 
 
@@ -261,7 +301,10 @@ def cmd_worker(args) -> int:
 def cmd_db_upgrade(args) -> int:
     settings = _settings(args)
     _logging(settings, "jeroboam-manage")
+    user = privsep.api_user(settings)
     _upgrade(_engine(settings, "any"))
+    if user is not None:
+        privsep.share_database(settings, user)  # made by root, used by the API
     print("database is at the newest revision")
     return 0
 
@@ -327,7 +370,8 @@ def parser() -> argparse.ArgumentParser:
         if worker:
             p.add_argument("--threads", type=int, help="tasks run at once")
 
-    serve = sub.add_parser("serve", help="API and workers in one process, embedded database by default")
+    serve = sub.add_parser("serve", help="API and worker in one command (as root: the API as [DEFAULT] "
+                                         "api_user), embedded database by default")
     common(serve, api=True, worker=True)
     serve.set_defaults(func=cmd_serve)
     api = sub.add_parser("api", help="the API alone (scale out against PostgreSQL)")
@@ -374,13 +418,18 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+def _reported(run) -> int:
+    """What run() returns, or 1 after printing the error that stopped it as one line."""
     try:
-        return args.func(args)
-    except (StartupError, config.ConfigError, tasks.TaskError) as exc:
+        return run()
+    except (StartupError, config.ConfigError, tasks.TaskError, privsep.PrivsepError) as exc:
         print(f"jeroboam: {exc}", file=sys.stderr)
         return 1
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    return _reported(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -188,13 +188,18 @@ def _announce_when_listening(host: str, port: int, database: str) -> None:
     threading.Thread(target=wait, name="announce", daemon=True).start()
 
 
-def _api_files(settings, port: int, user) -> str | None:
+def _api_files(settings, port: int, user, program: str) -> str | None:
     """What the API needs made before it starts, its user's when it drops privileges: the
-    embedded database, and the fresh directory where several API processes keep their request
-    metrics (multiprocess mode; None for one process)."""
+    embedded database, the log files it reopens after a rotation or its processes open, and
+    the fresh directory where several API processes keep their request metrics (multiprocess
+    mode; None for one process)."""
+    workers = int(settings.get("server", "api_workers"))
     if user is not None:
         privsep.share_database(settings, user)
-    if int(settings.get("server", "api_workers")) < 2:
+        for path in {_log_path(settings, program), _log_path(settings, "jeroboam-api") if workers > 1 else ""}:
+            if path:
+                privsep.hand_over(path, user, 0o640)
+    if workers < 2:
         return None
     path = Path(settings.get("server", "data_dir")) / "metrics" / str(port)
     shutil.rmtree(path, ignore_errors=True)
@@ -244,7 +249,7 @@ def cmd_serve(args) -> int:
     engine = _engine(settings, "any")
     _upgrade(engine)
     user = privsep.api_user(settings)
-    metrics_dir = _api_files(settings, sock.getsockname()[1], user)
+    metrics_dir = _api_files(settings, sock.getsockname()[1], user, "jeroboam")
     if user is None:
         worker = _start_worker(settings, engine)
         try:
@@ -259,7 +264,7 @@ def cmd_serve(args) -> int:
     # The API becomes the user in a process of its own, forked before the worker's threads
     # exist and without this process's database connections; the worker stays root here.
     engine.dispose()
-    pid = privsep.fork_api(user, lambda: _reported(api))
+    pid = privsep.fork_api(user, lambda: _reported(api, f"the API as {user.pw_name}: "))
     sock.close()
     try:
         worker = _start_worker(settings, engine)
@@ -279,7 +284,7 @@ def cmd_api(args) -> int:
     _logging(settings, "jeroboam-api")
     sock = _listen_socket(settings)  # a refused or busy address stops it before the database is looked at
     user = privsep.api_user(settings)
-    metrics_dir = _api_files(settings, sock.getsockname()[1], user)
+    metrics_dir = _api_files(settings, sock.getsockname()[1], user, "jeroboam-api")
     if user is not None:
         privsep.drop_privileges(user)
     _run_api(settings, _engine(settings, "warn"), sock, metrics_dir)
@@ -418,12 +423,12 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _reported(run) -> int:
+def _reported(run, who: str = "") -> int:
     """What run() returns, or 1 after printing the error that stopped it as one line."""
     try:
         return run()
     except (StartupError, config.ConfigError, tasks.TaskError, privsep.PrivsepError) as exc:
-        print(f"jeroboam: {exc}", file=sys.stderr)
+        print(f"jeroboam: {who}{exc}", file=sys.stderr)
         return 1
 
 

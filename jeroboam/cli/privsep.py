@@ -82,17 +82,21 @@ def share_database(settings, user: pwd.struct_passwd) -> None:
     os.chown(directory, 0, user.pw_gid)
     os.chmod(directory, 0o1770)
     for path in (database, f"{database}-wal", f"{database}-shm", f"{database}-journal"):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:  # a link in the database's place: not what root should follow
-            raise PrivsepError(f"cannot hand {path} to {user.pw_name}: {exc.strerror}") from None
-        try:
-            os.fchown(fd, user.pw_uid, user.pw_gid)
-            os.fchmod(fd, 0o600)
-        finally:
-            os.close(fd)
+        if os.path.lexists(path):
+            hand_over(path, user, 0o600)
+
+
+def hand_over(path: str, user: pwd.struct_passwd, mode: int) -> None:
+    """Make the file at `path` (created if missing) the user's, with `mode`."""
+    try:  # a link in its place is not one root should follow
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, mode)
+    except OSError as exc:
+        raise PrivsepError(f"cannot hand {path} to {user.pw_name}: {exc.strerror}") from None
+    try:
+        os.fchown(fd, user.pw_uid, user.pw_gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def drop_privileges(user: pwd.struct_passwd) -> None:

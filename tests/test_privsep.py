@@ -135,7 +135,7 @@ def test_data_dir_out_of_the_api_users_reach_is_one_line(tmp_path):
 
 
 def test_unknown_api_user_is_one_line(tmp_path):
-    result = run(["serve"], base_env(tmp_path, JEROBOAM_DEFAULT_API_USER="no-such-user"))
+    result = run(["serve", "--bind", f"127.0.0.1:{free_port()}"], base_env(tmp_path, JEROBOAM_DEFAULT_API_USER="no-such-user"))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "jeroboam: [DEFAULT] api_user: there is no user 'no-such-user' (scripts/setup.sh creates jeroboam); "

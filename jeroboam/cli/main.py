@@ -245,10 +245,10 @@ def cmd_serve(args) -> int:
     settings = _settings(args)
     _check_auth(settings)
     _logging(settings, "jeroboam")
+    user = privsep.api_user(settings)
     sock = _listen_socket(settings)  # before anything starts: a busy port stops everything at once
     engine = _engine(settings, "any")
     _upgrade(engine)
-    user = privsep.api_user(settings)
     metrics_dir = _api_files(settings, sock.getsockname()[1], user, "jeroboam")
     if user is None:
         worker = _start_worker(settings, engine)
@@ -282,8 +282,8 @@ def cmd_api(args) -> int:
     settings = _settings(args)
     _check_auth(settings)
     _logging(settings, "jeroboam-api")
-    sock = _listen_socket(settings)  # a refused or busy address stops it before the database is looked at
     user = privsep.api_user(settings)
+    sock = _listen_socket(settings)  # a refused or busy address stops it before the database is looked at
     metrics_dir = _api_files(settings, sock.getsockname()[1], user, "jeroboam-api")
     if user is not None:
         privsep.drop_privileges(user)

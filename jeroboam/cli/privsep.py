@@ -29,9 +29,6 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from oslo_privsep import capabilities
-from sqlalchemy.engine import make_url
-
 # prctl(2) options (linux/prctl.h)
 PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
@@ -75,6 +72,8 @@ def api_user(settings) -> pwd.struct_passwd | None:
 def share_database(settings, user: pwd.struct_passwd) -> None:
     """Make the embedded database and its directory the API user's (see above). A database
     the operator named is left as the operator set it up."""
+    from sqlalchemy.engine import make_url
+
     if settings.get("server", "database"):
         return
     database = make_url(settings.database_url).database  # makes data_dir
@@ -101,6 +100,8 @@ def hand_over(path: str, user: pwd.struct_passwd, mode: int) -> None:
 
 def drop_privileges(user: pwd.struct_passwd) -> None:
     """Become `user` with no way back, or raise PrivsepError."""
+    from oslo_privsep import capabilities  # (cffi: tens of ms that other commands need not wait)
+
     # The bounding set needs CAP_SETPCAP, so it goes first; a container may withhold that,
     # and no_new_privs below keeps an execve from raising anything anyway.
     for cap in range(int(Path("/proc/sys/kernel/cap_last_cap").read_text()) + 1):
@@ -124,8 +125,8 @@ def drop_privileges(user: pwd.struct_passwd) -> None:
                            f"capabilities left in {', '.join(left) or 'none'}")
     # The code it goes on running, which it imports as it goes, must be within its reach (a
     # Python under /root, as pyenv installs it, is not).
-    jeroboam_package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    for path in (sys.executable, sysconfig.get_path("stdlib"), sysconfig.get_path("purelib"), jeroboam_package):
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # jeroboam's own
+    for path in (sys.executable, sysconfig.get_path("stdlib"), sysconfig.get_path("purelib"), package):
         if not os.access(path, os.R_OK | os.X_OK):
             raise PrivsepError(f"[DEFAULT] api_user {user.pw_name} cannot read {path}: install Jeroboam "
                                "and its Python where it can, or set api_user to root to keep the API root")

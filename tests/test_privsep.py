@@ -85,6 +85,11 @@ def test_serve_as_root_runs_the_api_unprivileged(tmp_path, request, user, db, ap
     finally:
         proc.stop()
     assert proc.proc.returncode == 0, proc.output()
+    # uvicorn's workers and multiprocessing's resource tracker end on their own once their
+    # parent has: give them a moment
+    deadline = time.monotonic() + 10
+    while [pid for pid in api if os.path.exists(f"/proc/{pid}")] and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not [pid for pid in api if os.path.exists(f"/proc/{pid}")], "an API process outlived serve"
     if db == "sqlite":
         # the API's group may add the -wal and -shm files; the sticky bit keeps the rest of

@@ -58,9 +58,9 @@ def run(args, env, timeout=60):
 @pytest.mark.parametrize("db, api_workers", [("sqlite", 1), ("sqlite", 2), ("postgresql", 1)])
 def test_serve_as_root_runs_the_api_unprivileged(tmp_path, request, user, db, api_workers):
     port = low_port()
-    settings = {"JEROBOAM_SERVER_API_WORKERS": str(api_workers)}
+    settings = {"JEROBOAM_API_WORKERS": str(api_workers)}
     if db == "postgresql":
-        settings["JEROBOAM_SERVER_DATABASE"] = request.getfixturevalue("database")
+        settings["JEROBOAM_DATABASE_CONNECTION"] = request.getfixturevalue("database")
     url = f"http://127.0.0.1:{port}"
     proc = Process(["serve", "--bind", f"127.0.0.1:{port}"], base_env(tmp_path, **settings), tmp_path / "serve.log")
     try:
@@ -93,7 +93,7 @@ def test_serve_as_root_runs_the_api_unprivileged(tmp_path, request, user, db, ap
     assert not [pid for pid in api if os.path.exists(f"/proc/{pid}")], "an API process outlived serve"
     if db == "sqlite":
         # the API's group may add the -wal and -shm files; the sticky bit keeps the rest of
-        # data_dir (the worker's state) out of its hands
+        # state_path (the worker's state) out of its hands
         data = os.stat(tmp_path)
         assert (data.st_uid, data.st_gid, stat.S_IMODE(data.st_mode)) == (0, user.pw_gid, 0o1770)
         db_file = os.stat(tmp_path / "jeroboam.sqlite")
@@ -130,12 +130,12 @@ def test_an_api_that_ends_ends_serve(tmp_path):
         proc.stop()
 
 
-def test_data_dir_out_of_the_api_users_reach_is_one_line(tmp_path):
+def test_state_path_out_of_the_api_users_reach_is_one_line(tmp_path):
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
     result = run(["serve", "--bind", f"127.0.0.1:{free_port()}"], base_env(private / "data"))
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    assert f"jeroboam: the API as jeroboam: [server] data_dir: Permission denied: {private / 'data'}" in \
+    assert f"jeroboam: the API as jeroboam: [DEFAULT] state_path: Permission denied: {private / 'data'}" in \
         result.stderr.splitlines(), result.stderr
 
 

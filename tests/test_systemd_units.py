@@ -67,7 +67,6 @@ def test_api_unprivileged_worker_root():
     # nodes' dockerds are the worker's children: a worker restart must not kill the clusters
     assert worker["KillMode"] == ["process"]
     for service in (api, worker):
-        assert "JEROBOAM_CONFIG=/etc/jeroboam/jeroboam.conf" in service["Environment"]
         # systemd would chown data_dir to the unit's user at each start: to jeroboam, node keys
         # included, or back to root, the API's database included
         assert "StateDirectory" not in service

@@ -7,10 +7,10 @@ change it) and no_new_privs, so that nothing it executes regains one. `serve` fo
 process before its worker starts: the worker stays root for the host's namespaces, dockerds
 and routes; the API needs only its socket, the database and its configuration.
 
-The embedded SQLite database is shared by the two. Its directory (data_dir) becomes
+The embedded SQLite database is shared by the two. Its directory (state_path) becomes
 root:<the user's group> 1770: the API creates the -wal and -shm files there, and the sticky
 bit keeps it from renaming or removing what it does not own, such as the worker's state in
-data_dir/local (root's, 0700). The database file becomes the user's, 0600: a root process
+state_path/local (root's, 0700). The database file becomes the user's, 0600: a root process
 gives the -wal and -shm files it creates the owner and mode of the database, and SQLite
 follows no link in their place.
 """
@@ -74,9 +74,9 @@ def share_database(settings, user: pwd.struct_passwd) -> None:
     the operator named is left as the operator set it up."""
     from sqlalchemy.engine import make_url
 
-    if settings.get("server", "database"):
+    if settings.get("database", "connection"):
         return
-    database = make_url(settings.database_url).database  # makes data_dir
+    database = make_url(settings.database_url).database  # makes state_path
     directory = os.path.dirname(database)
     os.chown(directory, 0, user.pw_gid)
     os.chmod(directory, 0o1770)

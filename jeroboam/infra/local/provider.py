@@ -243,7 +243,7 @@ class LocalProvider(Provider):
             raise InfraError("check host", f"missing {', '.join(missing)}; "
                              "run scripts/host-prereqs.sh as root")
         # node keys, dockerd sockets and root filesystems: root's alone, whoever else may reach
-        # data_dir (the API's user, see jeroboam.cli.privsep)
+        # state_path (the API's user, see jeroboam.cli.privsep)
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.state_dir.chmod(0o700)
         for sub in ("nodes", "networks", "images"):

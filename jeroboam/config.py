@@ -422,6 +422,8 @@ def load(args: Sequence[str] = (), overrides: dict[tuple[str, str], object] | No
                  default_config_files=default_config_files, default_config_dirs=default_config_dirs)
         except cfg.ConfigFilesNotFoundError as exc:
             raise ConfigError(f"config file not found: {', '.join(exc.config_files)}") from None
+        except cfg.ConfigFilesPermissionDeniedError as exc:
+            raise ConfigError(f"config file not readable: {', '.join(exc.config_files)}") from None
         except cfg.ConfigDirNotFoundError as exc:
             raise ConfigError(f"config directory not found: {exc.config_dir}") from None
         except cfg.ConfigFileParseError as exc:

@@ -139,6 +139,16 @@ def test_state_path_out_of_the_api_users_reach_is_one_line(tmp_path):
         result.stderr.splitlines(), result.stderr
 
 
+def test_a_config_file_the_api_processes_cannot_read_is_one_line(tmp_path):
+    """Several API processes read the configuration files again, as the API's user."""
+    conf = tmp_path / "jeroboam.conf"
+    conf.write_text("[api]\nworkers = 2\n")
+    conf.chmod(0o600)
+    result = run(["serve", "--config-file", str(conf), "--bind", f"127.0.0.1:{free_port()}"], base_env(tmp_path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"jeroboam: the API as jeroboam: config file not readable: {conf}" in result.stderr.splitlines()
+
+
 def test_unknown_api_user_is_one_line(tmp_path):
     result = run(["serve", "--bind", f"127.0.0.1:{free_port()}"], base_env(tmp_path, JEROBOAM_DEFAULT_API_USER="no-such-user"))
     assert result.returncode == 1

@@ -222,8 +222,11 @@ def _run_api(settings, engine, sock: socket.socket, metrics_dir: str | None) -> 
                   log_config=None)  # uvicorn's lines go through our handlers, not its own
     _announce_when_listening(host, port, engine.url.render_as_string(hide_password=True))
     if workers > 1:
-        # Child processes rebuild the settings from the same files and the environment.
+        # Child processes rebuild the settings from the same files and the environment: read
+        # here first as they will (as the API's user after a privilege drop), a file they cannot
+        # read is one line, not children failing over and over.
         os.environ.update(settings.child_env())
+        config.load()
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         uvicorn.run("jeroboam.cli.main:api_process_app", factory=True, workers=workers, **common)
     else:

@@ -242,6 +242,10 @@ class LocalProvider(Provider):
         if missing:
             raise InfraError("check host", f"missing {', '.join(missing)}; "
                              "run scripts/host-prereqs.sh as root")
+        # node keys, dockerd sockets and root filesystems: root's alone, whoever else may reach
+        # state_path (the API's user, see jeroboam.cli.privsep)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.state_dir.chmod(0o700)
         for sub in ("nodes", "networks", "images"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         # mount points every node covers with its own

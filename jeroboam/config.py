@@ -80,7 +80,7 @@ OPTIONS: list[Option] = [
            "not connect; then the caller gets 503."),
     Option("worker", "threads", 4, "Tasks one worker process runs at once."),
     Option("worker", "lease_seconds", 15, "A task whose worker stops heartbeating is taken over after this "
-           "(SQLite, MySQL; PostgreSQL sees a worker die from its session)."),
+           "(SQLite; PostgreSQL, MariaDB and MySQL see a worker die from its session)."),
     Option("worker", "poll_interval", 0.2, "Seconds an idle worker waits between looks at the queue."),
     Option("worker", "service_down_seconds", 30, "A worker silent this long shows as down in mservices."),
     Option("quotas", "max_clusters_per_project", 20, "Cluster quota of a project that has no quota row."),

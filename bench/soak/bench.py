@@ -87,7 +87,7 @@ class Service:
     def __init__(self, data: Path, database: str):
         self.data = data
         self.env = base_env(data, JEROBOAM_SERVER_DATABASE=database, JEROBOAM_SERVER_ACCESS_LOG="false",
-                            JEROBOAM_INFRA_LOCAL_PROJECTS="soak")
+                            JEROBOAM_INFRA_LOCAL_PROJECTS="soak", JEROBOAM_SERVER_LOG_LEVEL="info")
         del self.env["JEROBOAM_WORKER_POLL_INTERVAL"]  # the product's default, not the tests'
         self.url = f"http://127.0.0.1:{free_port()}"
         self.procs: dict[str, Process] = {}
@@ -111,9 +111,9 @@ class Service:
         wait_http(self.url, self.procs["api"])
 
     def kill(self, name: str) -> datetime.datetime:
-        """SIGKILL the worker, then start it again under its name."""
-        self.procs[name].kill()
+        """SIGKILL the worker, then start it again under its name; when the signal went."""
         killed = now()
+        self.procs[name].kill()
         self.procs[name].log.close()
         self.start(name, ["worker", "--name", name])
         return killed
@@ -339,9 +339,11 @@ def provider_vs_database(db: psycopg.Connection, provider) -> list[str]:
     return problems
 
 
-def takeovers(db: psycopg.Connection, kills: list[tuple[str, datetime.datetime]]) -> tuple[list[float], list[str]]:
-    """Seconds from each kill to the takeover of each task the killed worker held; takeovers
-    from a worker that was not killed meanwhile (the task ran twice at once)."""
+def takeovers(db: psycopg.Connection, kills: list[tuple[str, datetime.datetime]]) \
+        -> tuple[list[tuple[float, bool]], list[str]]:
+    """Seconds from each kill to the takeover of each task the killed worker held, and whether
+    its restarted namesake took it; takeovers from a worker that was not killed meanwhile
+    (the task ran twice at once)."""
     owners = collections.defaultdict(list)  # task uuid -> [(time, worker)]
     rows = db.execute("SELECT t.uuid, e.time, e.message FROM task_events e JOIN tasks t ON t.id = e.task_id "
                       "WHERE e.message LIKE 'started by %' OR e.message LIKE 'taken over by %' "
@@ -353,7 +355,7 @@ def takeovers(db: psycopg.Connection, kills: list[tuple[str, datetime.datetime]]
         for (held_since, holder), (taken_at, taker) in zip(history, history[1:]):
             killed = [k for w, k in kills if w == holder and held_since <= k <= taken_at]
             if killed:
-                waits.append((taken_at - killed[-1]).total_seconds())
+                waits.append(((taken_at - killed[-1]).total_seconds(), taker == holder))
             else:
                 doubles.append(f"task {task} taken over by {taker} at {taken_at:%H:%M:%S.%f} from {holder}, "
                                "which was not killed")
@@ -447,7 +449,8 @@ def run(args, data: Path, database: str, db: psycopg.Connection) -> bool:
         for (cluster,) in db.execute("SELECT uuid FROM clusters").fetchall():
             actors[0].delete(cluster)
         left += quiet(db, QUIET_TIMEOUT)
-        waits, doubles = takeovers(db, kills)
+        taken, doubles = takeovers(db, kills)
+        waits = [w for w, _ in taken]
         doubles += overlapping(db)
         steps = running_steps(db)
         zombies_end = lasting_zombies(watch)
@@ -487,6 +490,9 @@ def run(args, data: Path, database: str, db: psycopg.Connection) -> bool:
         "5xx (seen / API metrics)": f"{sum(n for s, n in stats.statuses.items() if s >= 500)} / {server_5xx}",
         "takeovers": len(waits),
         "takeover median / max": f"{median(waits)} / {max(waits):.2f} s" if waits else "-",
+        "takeover median by the other worker / by the restarted namesake (count)": (
+            f"{median([w for w, same in taken if not same])} ({sum(not same for _, same in taken)}) / "
+            f"{median([w for w, same in taken if same])} ({sum(same for _, same in taken)})"),
         "create median / max": f"{median(creates)} / {max(creates):.2f} s" if creates else "-",
         "resize median": median(stats.durations["resize"]),
         "delete median": median(stats.durations["delete"]),

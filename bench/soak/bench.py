@@ -489,7 +489,9 @@ def run(args, data: Path, database: str, db: psycopg.Connection) -> bool:
         "tasks run twice at once": len(doubles),
         "5xx (seen / API metrics)": f"{sum(n for s, n in stats.statuses.items() if s >= 500)} / {server_5xx}",
         "takeovers": len(waits),
-        "takeover median / max": f"{median(waits)} / {max(waits):.2f} s" if waits else "-",
+        "takeover median / 90th percentile / max": (
+            f"{median(waits)} / {statistics.quantiles(waits, n=10)[-1]:.2f} s / {max(waits):.2f} s"
+            if len(waits) > 1 else "-"),
         "takeover median by the other worker / by the restarted namesake (count)": (
             f"{median([w for w, same in taken if not same])} ({sum(not same for _, same in taken)}) / "
             f"{median([w for w, same in taken if same])} ({sum(same for _, same in taken)})"),

@@ -741,12 +741,12 @@ class LocalProvider(Provider):
             return self._remove(nodes, nets, timeout)
 
     def remove_debris(self, timeout: float = 60) -> list[str]:
-        # Under the allocation lock throughout: a node's or network's record is written
-        # under it before anything else of it is made, and deleted (a network's) under it.
-        # So what has none here is debris, and none is recorded meanwhile under its name.
+        # Records read, and debris removed, under the allocation lock: a node's or network's
+        # record is written under it before anything else of it is made (and a network's
+        # deleted under it), so what has none then is debris, and none gets one meanwhile.
         # A node being deleted loses its record last, once only its directory is left.
+        nodes, nets = self._found()  # before: it reads every process's namespaces
         with self._locked():
-            nodes, nets = self._found()
             nodes -= {n.name for n in self._nodes()}
             nets -= {n.name for n in self.networks()}
             return self._remove(nodes, nets, timeout)

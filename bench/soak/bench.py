@@ -399,10 +399,9 @@ def median(values) -> str:
     return f"{statistics.median(values):.2f} s" if values else "-"
 
 
-def run(args, data: Path, database: str, db: psycopg.Connection) -> bool:
+def run(args, service: Service, db: psycopg.Connection) -> bool:
     rng = random.Random(args.seed)
-    service = Service(data, database)
-    provider = provider_of(data)
+    provider = provider_of(service.data)
     before = provider.inventory()
     stats, stop = Stats(), threading.Event()
     watch = Watch(service, provider)
@@ -423,7 +422,7 @@ def run(args, data: Path, database: str, db: psycopg.Connection) -> bool:
         duration = args.minutes * 60
         slot = duration / max(1, args.kills)
         moments = [i * slot + rng.uniform(0.1, 0.9) * slot for i in range(args.kills)]
-        log(f"soak: {args.actors} actors for {args.minutes} min, {args.kills} kills; data {data}")
+        log(f"soak: {args.actors} actors for {args.minutes} min, {args.kills} kills; data {service.data}")
         for moment in moments:
             time.sleep(max(0.0, started + moment - time.monotonic()))
             busy = sorted({w for (w,) in db.execute("SELECT worker FROM tasks WHERE state = 'RUNNING'")
@@ -539,15 +538,22 @@ def main() -> None:
     signal.signal(signal.SIGTERM, interrupted)
     admin = os.environ.get("JEROBOAM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1/postgres")
     name = f"jeroboam_soak_{uuid.uuid4().hex[:8]}"
+    url = admin.rsplit("/", 1)[0] + "/" + name
     # short: unix socket paths under <data>/local must stay below 108 bytes
     data = Path(tempfile.mkdtemp(prefix="jbs-", dir="/tmp"))
+    service = Service(data, url)
     ok = False
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        with psycopg.connect(admin.rsplit("/", 1)[0] + "/" + name, autocommit=True) as db:
-            ok = run(args, data, admin.rsplit("/", 1)[0] + "/" + name, db)
+        with psycopg.connect(url, autocommit=True) as db:
+            ok = run(args, service, db)
+    except KeyboardInterrupt:
+        print("soak: interrupted", file=sys.stderr)
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # the clean-up runs to its end
+            signal.signal(sig, signal.SIG_IGN)
+        service.stop()
         if not ok:
             logs = Path(f"/tmp/jeroboam-soak-logs-{time.strftime('%Y%m%d-%H%M%S')}")
             logs.mkdir()

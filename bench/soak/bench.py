@@ -86,7 +86,7 @@ class Service:
 
     def __init__(self, data: Path, database: str):
         self.data = data
-        self.env = base_env(data, JEROBOAM_SERVER_DATABASE=database, JEROBOAM_SERVER_ACCESS_LOG="false",
+        self.env = base_env(data, JEROBOAM_DATABASE_CONNECTION=database, JEROBOAM_API_ACCESS_LOG="false",
                             JEROBOAM_INFRA_LOCAL_PROJECTS="soak", JEROBOAM_SERVER_LOG_LEVEL="info")
         del self.env["JEROBOAM_WORKER_POLL_INTERVAL"]  # the product's default, not the tests'
         self.url = f"http://127.0.0.1:{free_port()}"

@@ -60,7 +60,7 @@ def reconcile(provider: Provider, session_factory) -> None:
       under its allocation lock, re-checked there (Provider.remove_debris).
     """
     if not provider.has_state():
-        return  # never used here: no need for root, dockerd, a short data_dir...
+        return  # never used here: no need for root, dockerd, a short state_path...
     from jeroboam.drivers.stack import stack_id_of  # that module imports this one
 
     provider.setup()

@@ -82,7 +82,7 @@ class Monitor:
             ).all()
             if not clusters:
                 return
-            # made only now: a worker whose data_dir cannot hold the provider's state still runs
+            # made only now: a worker whose state_path cannot hold the provider's state still runs
             providers = {t: provider_for(t, self.settings)
                          for t in {c.server_type for c in clusters}}
             roles = dict(session.execute(

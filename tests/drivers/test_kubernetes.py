@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from jeroboam.config import OPTIONS
+from jeroboam import config
 from jeroboam.drivers.kubernetes import CONVERGE_STEPS, CREATE_STEPS
 from jeroboam.drivers.kubernetes_conf import KUBELET_SYSCTLS
 from tests.drivers.conftest import (coe_cluster_config, delete_leaves_the_host_as_before,
                                     new_cluster, nodes_of, wait_for, wait_status)
 
-BIN_DIR = next(o.default for o in OPTIONS if (o.section, o.name) == ("kubernetes", "bin_dir"))
+BIN_DIR = config.load().get("kubernetes", "bin_dir")
 KUBECTL = f"{BIN_DIR}/kubectl"
 
 

@@ -39,7 +39,7 @@ _current: LocalProvider | None = None
 
 
 def state_dir(settings) -> str:
-    return str(Path(settings.get("server", "data_dir")) / "local")
+    return str(Path(settings.get("DEFAULT", "state_path")) / "local")
 
 
 def prefix_for(state: str) -> str:
@@ -58,7 +58,7 @@ def configure(settings) -> LocalProvider:
         if state not in _providers:
             try:
                 _providers[state] = LocalProvider(state, prefix=prefix_for(state))
-            except ValueError as exc:  # e.g. a data_dir too long for unix socket paths
+            except ValueError as exc:  # e.g. a state_path too long for unix socket paths
                 raise InfraError("set up the local provider", str(exc)) from None
         _current = _providers[state]
         return _current
@@ -90,7 +90,7 @@ def _deadline(data: dict, key: str, timeout: float, step: str, what: str) -> Non
 class _LocalResource(Resource):
     def failure_text(self, exc):
         # where the provider keeps its state is the operator's business, not the stack's project's
-        return str(exc).replace(str(current().state_dir), "<data_dir>/local")
+        return str(exc).replace(str(current().state_dir), "<state_path>/local")
 
 
 class Network(_LocalResource):

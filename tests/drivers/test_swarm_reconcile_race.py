@@ -16,7 +16,7 @@ from jeroboam.tasks import liveness
 from tests.drivers.conftest import (close_service, delete_cluster, new_service, wait_for, wait_gone,
                                     wait_status)
 from tests.drivers.test_swarm_takeover import nodes_of, ready_members
-from tests.support import wait_http
+from tests.support import task_of, wait_http
 from tests.test_postgres_scale_out import database  # noqa: F401  (a fixture)
 
 
@@ -102,26 +102,27 @@ def test_a_worker_starting_as_a_delete_begins_leaves_the_cluster_to_it(service, 
     os.kill(int(Path(dead.state_dir, "docker.pid").read_text()), signal.SIGKILL)
     wait_for(lambda: not service.provider.node_running(dead.name), 10, "dockerd dead")
     engine = make_engine(database)
-    try:
-        with psycopg.connect(database, autocommit=True) as watch, make_sessionmaker(engine)() as holder, \
-                holder.begin():
-            def waiting() -> bool:  # a transaction waits for an advisory lock
-                return watch.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                     "AND wait_event = 'advisory'").fetchone()[0] > 0
-            # the cluster's lock key held a while (as a claim or another worker's clean-up pass
-            # holds it), so that a worker's start and the API's delete meet there
-            assert liveness.hold(holder, liveness.key_lock(cluster))
-            # a worker that runs no task: what it does to the node is its clean-up pass's alone
-            service.start("w3", ["worker", "--name", "w3", "--threads", "0"])
-            wait_for(lambda: waiting() or reports(service, "w3") >= 2, 60, "w3 at the lock key or started")
-            magnum.clusters.delete(cluster)  # the API does not wait for the lock key
+    with psycopg.connect(database, autocommit=True) as watch, psycopg.connect(database) as task_row:
+        def waiting() -> bool:  # a transaction waits for an advisory lock
+            return watch.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                 "AND wait_event = 'advisory'").fetchone()[0] > 0
+        try:
+            with make_sessionmaker(engine)() as holder, holder.begin():
+                # the cluster's lock key held a while (as a claim or another worker's clean-up
+                # pass holds it), so that a worker's start and the API's delete meet there
+                assert liveness.hold(holder, liveness.key_lock(cluster))
+                service.start("w3", ["worker", "--name", "w3"])
+                wait_for(lambda: waiting() or reports(service, "w3") >= 2, 60, "w3 at the lock key or started")
+                delete = task_of(service.api().delete(f"/v1/clusters/{cluster}"))  # the API does not wait
+                # the delete's row locked: no worker starts it (claims skip locked rows), so what
+                # happens to the node until it is let go is the clean-up pass's doing alone
+                task_row.execute("SELECT 1 FROM tasks WHERE uuid = %s FOR UPDATE", (delete,))
+        finally:
+            engine.dispose()
         wait_for(lambda: reports(service, "w3") >= 2, 60, "w3 started")  # its first heartbeat follows the pass
-    finally:
-        engine.dispose()
-    assert magnum.clusters.get(cluster).status == "DELETE_IN_PROGRESS"
-    assert not service.provider.node_running(dead.name)  # neither restarted nor removed
-    assert service.provider.get_node(dead.name) is not None
-    service.procs["w3"].stop()
-    service.start("w1", ["worker", "--name", "w1"])
+        assert service.api().get(f"/v1/tasks/{delete}").json()["task"]["state"] == "PENDING"
+        assert magnum.clusters.get(cluster).status == "DELETE_IN_PROGRESS"
+        assert not service.provider.node_running(dead.name)  # neither restarted nor removed
+        assert service.provider.get_node(dead.name) is not None
     wait_gone(magnum, cluster)
     assert service.provider.inventory() == service.before[0]

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import httpx
 
+from jeroboam.infra.local import LocalProvider
+from jeroboam.infra.local.resources import prefix_for
+
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 TEST_IMAGES = "jeroboam-node=debian,test-image=testos"
@@ -38,6 +41,13 @@ def zombies() -> dict[int, int]:
         if stat[0] == "Z":
             found[int(entry)] = int(stat[1])
     return found
+
+
+def provider_of(data: Path) -> LocalProvider:
+    """A provider on the state directory of a service of `data` (what the service's own one
+    sees: the same names)."""
+    state = str(data / "local")
+    return LocalProvider(state, prefix=prefix_for(state))
 
 
 def base_env(data_dir: Path, **settings: str) -> dict:

@@ -56,8 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT))
 from jeroboam.drivers.nodes import node_key  # noqa: E402
 from jeroboam.drivers.stack import stack_id_of  # noqa: E402
-from tests.drivers.conftest import provider_of  # noqa: E402
-from tests.support import Process, base_env, free_port, wait_http  # noqa: E402
+from tests.support import Process, base_env, free_port, provider_of, wait_http  # noqa: E402
 
 WORKERS = ("w1", "w2")
 OPERATION_TIMEOUT = 300  # seconds: an operation not settled by then counts as stuck

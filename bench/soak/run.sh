@@ -8,7 +8,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 bash "$root/scripts/host-prereqs.sh"
-source "$root/scripts/setup.sh"
+JEROBOAM_EXTRAS=test source "$root/scripts/setup.sh"   # the tests' helpers (httpx)
 JEROBOAM_TEST_POSTGRES=${JEROBOAM_TEST_POSTGRES:-$(bash "$root/scripts/postgres.sh")}
 export JEROBOAM_TEST_POSTGRES
 exec "$JEROBOAM_VENV/bin/python" "$here/bench.py" "$@"

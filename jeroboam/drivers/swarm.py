@@ -10,7 +10,7 @@ task over resumes it.
 
 Labels: ``image_tarballs`` (``FILE[=NAME],...``: tarballs in the provider's images directory,
 ``<state_path>/local/images``, imported into every node besides busybox; NAME for a root file
-system tarball; an upgrade to a template naming others imports them), ``auto_heal_enabled``
+system tarball; an upgrade to a template naming others imports them), ``auto_healing_enabled``
 (see swarm_health).
 """
 

@@ -100,8 +100,8 @@ OPTIONS: list[tuple[str, cfg.Opt]] = [
                         "the cache; the least recently used go first.")),
     ("worker", cfg.IntOpt("threads", default=4, min=1, help="Tasks one worker process runs at once.")),
     ("worker", cfg.FloatOpt("lease_seconds", default=15, min=0.1, help="A task whose worker stops heartbeating "
-                            "is taken over after this (SQLite, MySQL; PostgreSQL sees a worker die from its "
-                            "session).")),
+                            "is taken over after this (SQLite; PostgreSQL, MariaDB and MySQL see a worker die "
+                            "from its session).")),
     ("worker", cfg.FloatOpt("poll_interval", default=0.2, min=0.01,
                             help="Seconds an idle worker waits between looks at the queue.")),
     ("worker", cfg.FloatOpt("service_down_seconds", default=30, min=1,

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import httpx
 
+from jeroboam.infra.local import LocalProvider
+from jeroboam.infra.local.resources import prefix_for
+
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 TEST_IMAGES = "jeroboam-node=debian,test-image=testos"
@@ -40,6 +43,13 @@ def _processes():
 def zombies() -> dict[int, int]:
     """Zombie (<defunct>) processes host-wide: PID -> parent PID."""
     return {pid: parent for pid, state, parent in _processes() if state == "Z"}
+
+
+def provider_of(data: Path) -> LocalProvider:
+    """A provider on the state directory of a service of `data` (what the service's own one
+    sees: the same names)."""
+    state = str(data / "local")
+    return LocalProvider(state, prefix=prefix_for(state))
 
 
 def base_env(data_dir: Path, **settings: str) -> dict:

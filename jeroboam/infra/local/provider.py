@@ -335,12 +335,12 @@ class LocalProvider(Provider):
         data = _read_json(self.state_dir / "networks" / f"{name}.json")
         return NetworkInfo(**data) if data else None
 
-    def _networks(self) -> list[NetworkInfo]:
+    def networks(self) -> list[NetworkInfo]:
         return [NetworkInfo(**d) for p in sorted((self.state_dir / "networks").glob("*.json"))
                 if (d := _read_json(p))]
 
     def _taken_subnets(self) -> list:
-        nets = [ipaddress.ip_network(n.subnet) for n in self._networks()]
+        nets = [ipaddress.ip_network(n.subnet) for n in self.networks()]
         for route in json.loads(host.run(["ip", "-4", "-j", "route", "show", "table", "all"],
                                          "read host routes") or "[]"):
             if route.get("dst", "default") != "default":
@@ -715,27 +715,45 @@ class LocalProvider(Provider):
             found[node_id] = info
         return found
 
-    def remove_leftovers(self, node_ids: list[str], network_ids: list[str],
-                         timeout: float = 60) -> list[str]:
-        """Remove every node and network of ours not in the lists (state, netns, veths,
-        cgroups, processes, bridges). Returns the names removed."""
-        keep = {self.node_name(i) for i in node_ids}
+    def _found(self) -> tuple[set[str], set[str]]:
+        """Names of the nodes and networks of ours here, whatever is left of them (state,
+        netns, veths, cgroups, processes, bridges)."""
         nodes = {p.name for p in (self.state_dir / "nodes").glob("*")}
         nodes |= {n for n in host.netns_names() if self._node_re.fullmatch(n)}
         nodes |= {f"{self.prefix}-{m.group(1)}" for link in host.links()
                   if (m := self._veth_re.fullmatch(link))}
         nodes |= set(host.cgroup_names(self._node_re))
         nodes |= set(self._processes_by_node().values())
-        stale = sorted(nodes - keep)
-        self.destroy_nodes(stale, timeout)
-        keep_nets = {self.network_name(i) for i in network_ids}
         nets = {p.stem for p in (self.state_dir / "networks").glob("*.json")}
         nets |= {link for link in host.links() if self._bridge_re.fullmatch(link)}
-        stale_nets = sorted(nets - keep_nets)
+        return nodes, nets
+
+    def _remove(self, nodes: set[str], nets: set[str], timeout: float) -> list[str]:
+        self.destroy_nodes(sorted(nodes), timeout)
+        for name in sorted(nets):
+            self._remove_network(name)
+        return sorted(nodes) + sorted(nets)
+
+    def remove_leftovers(self, node_ids: list[str], network_ids: list[str],
+                         timeout: float = 60) -> list[str]:
+        """Remove every node and network of ours not in the lists (state, netns, veths,
+        cgroups, processes, bridges). Returns the names removed."""
+        nodes, nets = self._found()
+        nodes -= {self.node_name(i) for i in node_ids}
+        nets -= {self.network_name(i) for i in network_ids}
         with self._locked():
-            for name in stale_nets:
-                self._remove_network(name)
-        return stale + stale_nets
+            return self._remove(nodes, nets, timeout)
+
+    def remove_debris(self, timeout: float = 60) -> list[str]:
+        # Records read, and debris removed, under the allocation lock: a node's or network's
+        # record is written under it before anything else of it is made (and a network's
+        # deleted under it), so what has none then is debris, and none gets one meanwhile.
+        # A node being deleted loses its record last, once only its directory is left.
+        nodes, nets = self._found()  # before: it reads every process's namespaces
+        with self._locked():
+            nodes -= {n.name for n in self._nodes()}
+            nets -= {n.name for n in self.networks()}
+            return self._remove(nodes, nets, timeout)
 
     def inventory(self) -> dict[str, list[str]]:
         """What this provider has on the host, for leak checks (compare before and after)."""

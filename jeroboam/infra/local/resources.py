@@ -88,9 +88,14 @@ def _deadline(data: dict, key: str, timeout: float, step: str, what: str) -> Non
 
 
 class _LocalResource(Resource):
+    # the provider acting for these resources, and how its state directory is shown
+    # (subclasses for other providers override both)
+    provider = staticmethod(current)
+    state_label = "<data_dir>/local"
+
     def failure_text(self, exc):
         # where the provider keeps its state is the operator's business, not the stack's project's
-        return str(exc).replace(str(current().state_dir), "<data_dir>/local")
+        return str(exc).replace(str(self.provider().state_dir), self.state_label)
 
 
 class Network(_LocalResource):
@@ -112,18 +117,18 @@ class Network(_LocalResource):
         return scoped(self.stack.id, self.properties["network_id"])
 
     def create(self):
-        return current().create_network(self._id()).name
+        return self.provider().create_network(self._id()).name
 
     def delete(self):
-        provider = current()
+        provider = self.provider()
         if provider.get_network(self._id()) is not None:
             provider.delete_network(self._id())
 
     def check_delete_complete(self):
-        return current().network_deleted(self._id())
+        return self.provider().network_deleted(self._id())
 
     def get_attributes(self):
-        info = current().get_network(self._id())
+        info = self.provider().get_network(self._id())
         # network_id as the template knows it: nodes of the same stack name it so
         return {"name": info.name, "network_id": self.properties["network_id"], "subnet": info.subnet,
                 "gateway": info.gateway}
@@ -135,6 +140,9 @@ class Node(_LocalResource):
     an ``images`` change imports the new tarballs; other changes replace the node."""
 
     type_name = NODE_TYPE
+    start_timeout = START_TIMEOUT
+    delete_timeout = DELETE_TIMEOUT
+    poll = POLL
     properties_schema = {
         "type": "object", "additionalProperties": False,
         "required": ["node_id", "network", "ca_cert", "ca_key"],
@@ -158,13 +166,14 @@ class Node(_LocalResource):
     }
 
     def _name(self) -> str:
-        return self.physical_id or current().node_name(scoped(self.stack.id, self.properties["node_id"]))
+        return self.physical_id or \
+            self.provider().node_name(scoped(self.stack.id, self.properties["node_id"]))
 
     def _ca(self) -> KeyPair:
         return KeyPair(self.properties["ca_cert"], self.properties["ca_key"])
 
     def _images(self) -> tuple[ImageTarball, ...]:
-        return tuple(ImageTarball(image_path(current(), i["path"]), i.get("name"))
+        return tuple(ImageTarball(image_path(self.provider(), i["path"]), i.get("name"))
                      for i in self.properties["images"])
 
     def create(self):
@@ -172,14 +181,14 @@ class Node(_LocalResource):
         self.data.pop("started", None)
         spec = NodeSpec(scoped(self.stack.id, props["node_id"]), scoped(self.stack.id, props["network"]),
                         props.get("hostname"), self._images())
-        return current().create_node(spec, self._ca()).name
+        return self.provider().create_node(spec, self._ca()).name
 
     def _started(self, key: str) -> bool:
-        if current().check_node_create(self._name()):
+        if self.provider().check_node_create(self._name()):
             self.data.pop(key, None)
             return True
-        _deadline(self.data, key, START_TIMEOUT, "start node", self._name())
-        self.poll_after = POLL
+        _deadline(self.data, key, self.start_timeout, "start node", self._name())
+        self.poll_after = self.poll
         return False
 
     def check_create_complete(self):
@@ -188,26 +197,26 @@ class Node(_LocalResource):
     def update(self, old_properties, changed):
         self.data.pop("restarted", None)
         if {"ca_cert", "ca_key"} & changed:
-            current().restart_with_ca(self._name(), self._ca())
+            self.provider().restart_with_ca(self._name(), self._ca())
 
     def check_update_complete(self):
         if not self._started("restarted"):
             return False
-        with closing(current().get_node(self._name()).client()) as client:
+        with closing(self.provider().get_node(self._name()).client()) as client:
             ensure_images(client, list(self._images()))
         return True
 
     def delete(self):
         self.data.pop("deleting", None)
-        current().delete_node(self._name())
+        self.provider().delete_node(self._name())
 
     def check_delete_complete(self):
-        if current().check_node_delete(self._name()):
+        if self.provider().check_node_delete(self._name()):
             return True
-        _deadline(self.data, "deleting", DELETE_TIMEOUT, "delete node", self._name())
-        self.poll_after = POLL
+        _deadline(self.data, "deleting", self.delete_timeout, "delete node", self._name())
+        self.poll_after = self.poll
         return False
 
     def get_attributes(self):
-        info = current().get_node(self._name())
+        info = self.provider().get_node(self._name())
         return info.attributes() if info else {}

@@ -142,13 +142,14 @@ class _KubeStack(ClusterStack):
         parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]), names), pairs)
 
     def wait_api(self) -> None:
-        wait_api(self.api())
+        wait_api(self.api(), API_TIMEOUT * self.provider.time_scale)
 
     def route_pods(self) -> None:
         """Once every node has its podCIDR: a route to each from every other node."""
         spec, pairs = self.layout()
         registered = wait_nodes(self.api(spec), {m.hostname for _, m in pairs},
-                                lambda n: n["spec"].get("podCIDR"), "to have a podCIDR")
+                                lambda n: n["spec"].get("podCIDR"), "to have a podCIDR",
+                                NODES_TIMEOUT * self.provider.time_scale)
         address = {m.hostname: m.address for _, m in pairs}
         cidrs = {h: registered[h]["spec"]["podCIDR"] for h in address}
         parallel(lambda p: knodes.route_pods(
@@ -157,7 +158,8 @@ class _KubeStack(ClusterStack):
 
     def wait_ready(self) -> None:
         spec, pairs = self.layout()
-        wait_nodes(self.api(spec), {m.hostname for _, m in pairs}, ready_condition, "to be Ready")
+        wait_nodes(self.api(spec), {m.hostname for _, m in pairs}, ready_condition, "to be Ready",
+                   NODES_TIMEOUT * self.provider.time_scale)
 
     def drain(self, names: list[str]) -> None:
         """Cordon, drain and delete the Node objects of nodes about to go."""

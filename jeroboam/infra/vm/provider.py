@@ -228,6 +228,7 @@ class VmProvider(NodeStore):
         self._lock = threading.Lock()
         self._node_locks: dict[str, threading.Lock] = {}
         self._set_up = False
+        self._setup_lock = threading.Lock()
         self._accel: dict | None = None
 
     @classmethod
@@ -239,17 +240,18 @@ class VmProvider(NodeStore):
 
     def setup(self) -> None:
         """Check the tools, build the node images (cached), choose the acceleration."""
-        if self._set_up:
-            return
-        missing = [c for c in (QEMU, "qemu-img", "ip", "iptables-restore", "nsenter")
-                   if shutil.which(c) is None]
-        if missing or not (self.images_dir / "VERSION").exists():
-            self.build_images()
-        for sub in ("nodes", "networks", "images"):
-            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
-        build_busybox_tar(Path(self.base_image.path))
-        self.acceleration()
-        self._set_up = True
+        with self._setup_lock:  # concurrent tasks' first nodes: one trial boot, not several
+            if self._set_up:
+                return
+            missing = [c for c in (QEMU, "qemu-img", "ip", "iptables-restore", "nsenter")
+                       if shutil.which(c) is None]
+            if missing or not (self.images_dir / "VERSION").exists():
+                self.build_images()
+            for sub in ("nodes", "networks", "images"):
+                (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+            build_busybox_tar(Path(self.base_image.path))
+            self.acceleration()
+            self._set_up = True
 
     def build_images(self) -> None:
         """Run scripts/build-vm-images.sh (idempotent; minutes the first time)."""

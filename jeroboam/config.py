@@ -120,6 +120,13 @@ OPTIONS: list[Option] = [
            "work too). Clusters report what kube-apiserver --version says."),
     Option("kubernetes", "pause_binary", "/var/cache/jeroboam/kubernetes/v1.20.2/pause/pause",
            "A static pause binary; imported into every node as the pod sandbox image."),
+    # vm provider (issue 10)
+    Option("vm", "images_dir", "/var/cache/jeroboam/vm/v1",
+           "Node images of the vm provider (scripts/build-vm-images.sh builds them here)."),
+    Option("vm", "memory_mb", 1024,
+           "Memory of each VM node in MiB (a Kubernetes master needs about 1 GiB; guests give "
+           "back what they free)."),
+    Option("vm", "cpus", 1, "Virtual CPUs of each VM node (under TCG each is a host thread)."),
 ]
 
 

@@ -22,7 +22,8 @@ echo "$HOSTNAME" >/etc/hostname
 printf '127.0.0.1 localhost\n%s %s\n' "$ADDRESS" "$HOSTNAME" >/etc/hosts
 # what dockerd (bridge, overlay networks, NAT) and kubelet/kube-proxy need
 for m in overlay br_netfilter veth vxlan nf_conntrack ip_tables iptable_filter iptable_nat \
-    iptable_mangle xt_conntrack xt_MASQUERADE xt_addrtype xt_mark nf_nat ipt_REJECT ip_vs; do
+    iptable_mangle xt_conntrack xt_MASQUERADE xt_addrtype xt_mark nf_nat ipt_REJECT ip_vs \
+    virtio_balloon; do
   modprobe "$m" 2>/dev/null
 done
 ip link set lo up

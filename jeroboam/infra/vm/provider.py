@@ -75,7 +75,7 @@ NODEINIT = HERE.parent / "local" / "nodeinit.py"
 GUEST_NODE_DIR = "/var/lib/jeroboam/node"  # the guest's supervisor directory (agent.NODE_DIR)
 HOST_END = "169.254.0.1"  # the veth pair between the host and a network's namespace
 NS_END = "169.254.0.2"
-MEMORY_MB = 512
+MEMORY_MB = 1024
 TB_SIZE_MB = 128  # TCG's translation cache: the default (1 GB) would double each VM's memory
 KVM_TRIAL_TIMEOUT = 5.0
 TCG_CLIENT_TIMEOUT = 30.0
@@ -212,7 +212,7 @@ class VmProvider(NodeStore):
 
     def __init__(self, state_dir: str = DEFAULT_STATE_DIR, *, prefix: str = "jv",
                  images_dir: str = DEFAULT_IMAGES, address_pools: tuple[str, ...] | None = None,
-                 memory_mb: int = MEMORY_MB):
+                 memory_mb: int = MEMORY_MB, cpus: int = 1):
         if not re.fullmatch(r"[a-z][a-z0-9]{1,3}", prefix):
             raise ValueError("prefix must be 2-4 lowercase letters or digits (link names <= 15)")
         self.state_dir = Path(state_dir).resolve()
@@ -221,6 +221,7 @@ class VmProvider(NodeStore):
         self.address_pools = tuple(ipaddress.ip_network(p) for p in
                                    (address_pools or DEFAULT_ADDRESS_POOLS))
         self.memory_mb = memory_mb
+        self.cpus = cpus
         self.base_image = ImageTarball(str(self.state_dir / "images" / "busybox.tar"), BASE_IMAGE)
         self._node_re = re.compile(rf"{prefix}-([0-9a-f]{{10}})")
         self._netns_re = re.compile(rf"{prefix}n([0-9a-f]{{10}})")
@@ -323,7 +324,8 @@ class VmProvider(NodeStore):
     def _machine_argv(self, accel: str) -> list[str]:
         cpu = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else \
             ["-accel", f"tcg,tb-size={TB_SIZE_MB}", "-cpu", "max"]
-        return [*cpu, "-M", "microvm", "-m", str(self.memory_mb), "-smp", "1", "-nodefaults",
+        return [*cpu, "-M", "microvm", "-m", str(self.memory_mb), "-smp", str(self.cpus),
+                "-nodefaults",
                 "-no-user-config", "-display", "none", "-no-reboot",
                 "-kernel", str(self.images_dir / "vmlinuz"),
                 "-initrd", str(self.images_dir / "initrd.img")]
@@ -518,6 +520,8 @@ class VmProvider(NodeStore):
                     "-netdev", f"tap,id=net0,ifname={tap},script=no,downscript=no",
                     "-device", f"virtio-net-device,netdev=net0,mac={info.mac}",
                     "-chardev", f"socket,id=agent,path={d / 'agent.sock'},server=on,wait=off",
+                    # the guest hands the pages it frees back to the host
+                    "-device", "virtio-balloon-device,free-page-reporting=on",
                     "-device", "virtio-serial-device",
                     "-device", "virtserialport,chardev=agent,name=org.jeroboam.agent",
                     "-runas", "nobody",

@@ -13,7 +13,7 @@ from pathlib import Path
 from jeroboam.infra.local import resources as local
 from jeroboam.infra.local.host import InfraError
 
-from .provider import DEFAULT_IMAGES, NETWORK_TYPE, NODE_TYPE, VmProvider
+from .provider import NETWORK_TYPE, NODE_TYPE, VmProvider
 
 _lock = threading.Lock()
 _providers: dict[str, VmProvider] = {}
@@ -31,8 +31,11 @@ def configure(settings) -> VmProvider:
     with _lock:
         if state not in _providers:
             try:
-                _providers[state] = VmProvider(state, prefix=local.prefix_for(state),
-                                               images_dir=DEFAULT_IMAGES)
+                _providers[state] = VmProvider(
+                    state, prefix=local.prefix_for(state),
+                    images_dir=str(settings.get("vm", "images_dir")),
+                    memory_mb=int(settings.get("vm", "memory_mb")),
+                    cpus=int(settings.get("vm", "cpus")))
             except ValueError as exc:
                 raise InfraError("set up the vm provider", str(exc)) from None
         _current = _providers[state]

@@ -126,7 +126,8 @@ OPTIONS: list[Option] = [
     Option("vm", "memory_mb", 1024,
            "Memory of each VM node in MiB (a Kubernetes master needs about 1 GiB; guests give "
            "back what they free)."),
-    Option("vm", "cpus", 1, "Virtual CPUs of each VM node (under TCG each is a host thread)."),
+    Option("vm", "cpus", 2, "Virtual CPUs of each VM node (under TCG each is a host thread; with one, a "
+                            "Kubernetes master starved)."),
 ]
 
 

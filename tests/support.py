@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -198,3 +201,22 @@ def host_snapshot(ours: str = "") -> dict[str, str]:
     routes = [line for line in out("ip", "-4", "route", "show", "table", "main").splitlines()
               if not any(foreign_name(word, ours) for word in line.split())]
     return {"routes": "\n".join(routes), "iptables": out("iptables", "-S"), "nat": out("iptables", "-t", "nat", "-S")}
+
+
+@contextlib.contextmanager
+def scratch_provider(make, prefix: str):
+    """``make(state_dir)``'s provider on a new temporary state directory, under a name prefix of
+    the tests' own. One session at a time owns the prefix's names (and removes what a killed
+    session left)."""
+    with open(f"/tmp/{prefix}-tests.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        # short: unix socket paths under it must stay below 108 bytes
+        state = tempfile.mkdtemp(prefix=f"{prefix}-", dir="/tmp")
+        provider = make(state)
+        try:
+            provider.setup()
+            provider.remove_leftovers([], [])
+            yield provider
+        finally:
+            provider.remove_leftovers([], [])
+            shutil.rmtree(state, ignore_errors=True)

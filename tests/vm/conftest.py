@@ -1,11 +1,9 @@
 """Fixtures for the vm provider's tests: real QEMU virtual machines, as root, under a private
 prefix. Booting is slow under TCG (tens of seconds): the tests share their nodes."""
 
-import fcntl
 import os
 import shutil
 import subprocess
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -20,10 +18,9 @@ from jeroboam.infra.local.resources import prefix_for
 from jeroboam.infra.vm.provider import BUILD_SCRIPT, DEFAULT_IMAGES, VmNode, VmProvider
 from tests.drivers.conftest import new_service
 from tests.drivers.test_swarm_lifecycle import signed_client_cert
-from tests.support import host_snapshot, wait_http
+from tests.support import host_snapshot, scratch_provider, wait_http
 
 PREFIX = "jvt"
-LOCK = "/tmp/jvt-tests.lock"
 
 
 def privileged_view_of_host(client) -> str:
@@ -52,17 +49,9 @@ def vm_images():
 
 @pytest.fixture(scope="session")
 def vm_provider(vm_images):
-    with open(LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one session at a time owns the PREFIX names
-        state = tempfile.mkdtemp(prefix="jvt-", dir="/tmp")
-        p = VmProvider(state, prefix=PREFIX, images_dir=vm_images)
-        try:
-            p.setup()
-            p.remove_leftovers([], [])
-            yield p
-        finally:
-            p.remove_leftovers([], [])
-            shutil.rmtree(state, ignore_errors=True)
+    with scratch_provider(lambda state: VmProvider(state, prefix=PREFIX, images_dir=vm_images),
+                          PREFIX) as p:
+        yield p
 
 
 def qemu_status(pid: int) -> dict[str, str]:

@@ -35,7 +35,7 @@ from pathlib import Path
 import docker
 
 from jeroboam.infra.base import Node, ProcessSpec, Provider
-from jeroboam.pki import KeyPair, issue_server_cert
+from jeroboam.pki import KeyPair, issue_client_cert, issue_server_cert
 
 from . import host
 from .clients import ping, socket_client
@@ -81,16 +81,24 @@ exec "$@"
 
 
 @dataclass(frozen=True)
-class NetworkInfo:
+class NetworkRecord:
+    """A network as a provider keeping records (NodeStore) knows it."""
+
     network_id: str
-    name: str  # the bridge's name; the resource's physical id
+    name: str  # the resource's physical id
     subnet: str
     gateway: str
-    mac: str
 
     @property
     def prefixlen(self) -> int:
         return ipaddress.ip_network(self.subnet).prefixlen
+
+
+@dataclass(frozen=True)
+class NetworkInfo(NetworkRecord):
+    """A local network (its name is its bridge's)."""
+
+    mac: str
 
 
 @dataclass(frozen=True)
@@ -206,19 +214,28 @@ class NodeStore(Provider):
     """What providers keeping their networks and nodes as JSON files in a state directory
     share: names, locks, records, address allocation, create/adopt. A subclass sets
     ``network_info``/``node_info`` (the dataclasses of its records) and brings
-    ``_allocate_node``, ``_start``, ``_ensure_network``, ``_check_running`` and
-    ``restart_node``."""
+    ``_new_network``, ``_ensure_network``, ``_network_present``, ``_remove_network``,
+    ``_networks_on_host``, ``_allocate_node``, ``_start``, ``_check_running``, ``stop_node``,
+    ``destroy_nodes`` and ``_nodes_on_host``."""
 
     network_info: type
     node_info: type
     start_timeout: float = 60  # start_nodes' and wait_nodes' default bound
     wait_interval: float = 0.02  # between checks of a starting node
+    client_cert = False  # whether our clients reach a node's dockerd over TLS (no unix socket)
     scoped = staticmethod(scoped)
 
-    state_dir: Path
-    prefix: str
-    _lock: threading.Lock
-    _node_locks: dict[str, threading.Lock]
+    def __init__(self, state_dir: str, prefix: str, address_pools: tuple[str, ...]):
+        if not re.fullmatch(r"[a-z][a-z0-9]{1,3}", prefix):
+            raise ValueError("prefix must be 2-4 lowercase letters or digits (link names <= 15)")
+        self.state_dir = Path(state_dir).resolve()
+        self.prefix = prefix
+        self.address_pools = tuple(ipaddress.ip_network(p) for p in address_pools)
+        self.base_image = ImageTarball(str(self.state_dir / "images" / "busybox.tar"), BASE_IMAGE)
+        self._node_re = re.compile(rf"{prefix}-([0-9a-f]{{10}})")
+        self._lock = threading.Lock()
+        self._node_locks: dict[str, threading.Lock] = {}
+        self._set_up = False
 
     def network_resource(self, network_id: str) -> dict:
         return {"type": self.network_type, "properties": {"network_id": network_id}}
@@ -303,6 +320,37 @@ class NodeStore(Provider):
             raise InfraError("create node", f"no free address left in {net.subnet}")
         return hostname, address
 
+    # --- networks ----------------------------------------------------------------------
+
+    def create_network(self, network_id: str, subnet: str | None = None):
+        """Create (or find) the network of ``network_id``; returns at once, nothing to wait
+        for. Its /24: ``subnet``, else the first of the address pools clashing with nothing."""
+        self.setup()
+        name = self.network_name(network_id)
+        with self._locked():
+            info = self._load_network(name)
+            if info is None:
+                taken = [ipaddress.ip_network(n.subnet) for n in self._networks()]
+                net = host.check_subnet(ipaddress.ip_network(subnet), taken) if subnet \
+                    else host.free_subnet(self.address_pools, taken)
+                info = self._new_network(network_id, name, net)
+                _write_json(self.state_dir / "networks" / f"{name}.json", asdict(info))
+            self._ensure_network(info)
+        return info
+
+    def delete_network(self, network_id: str) -> None:
+        """Delete the network; refused while nodes are still attached."""
+        name = self.network_name(network_id)
+        with self._locked():
+            attached = [n.name for n in self._nodes() if n.network_id == network_id]
+            if attached:
+                raise InfraError("delete network", f"{name} still has nodes {attached}")
+            self._remove_network(name)
+
+    def network_deleted(self, network_id: str) -> bool:
+        name = self.network_name(network_id)
+        return not self._network_present(name) and self._load_network(name) is None
+
     # --- create, restart, adopt ----------------------------------------------------------
 
     def create_node(self, spec: NodeSpec, ca: KeyPair):
@@ -353,6 +401,46 @@ class NodeStore(Provider):
         """What a start that timed out says besides (e.g. a console's last lines)."""
         return ""
 
+    def remove_leftovers(self, node_ids: list[str], network_ids: list[str],
+                         timeout: float = 60) -> list[str]:
+        """Remove every node and network of ours not in the lists (what the state directory
+        records and what the host has under our names). Returns the names removed."""
+        keep = {self.node_name(i) for i in node_ids}
+        nodes = {p.name for p in (self.state_dir / "nodes").glob("*")} | self._nodes_on_host()
+        stale = sorted(nodes - keep)
+        self.destroy_nodes(stale, timeout)
+        keep_nets = {self.network_name(i) for i in network_ids}
+        nets = {p.stem for p in (self.state_dir / "networks").glob("*.json")}
+        stale_nets = sorted((nets | self._networks_on_host()) - keep_nets)
+        with self._locked():
+            for name in stale_nets:
+                self._remove_network(name)
+        return stale + stale_nets
+
+    def restart_node(self, name: str, ca: KeyPair | None = None) -> None:
+        """Restart the node on its data (swarm membership survives); with ``ca``, re-issue
+        its server certificate first (CA rotation). Poll check_node_create after."""
+        info = self.get_node(name)
+        if info is None:
+            raise InfraError("restart node", f"{name}: no such node")
+        self.stop_node(name)
+        if ca is not None:
+            self._write_tls(info, ca)
+        self._start(info)
+
+    def _write_tls(self, info, ca: KeyPair) -> None:
+        """The node's TLS files from ``ca``: the CA, dockerd's server certificate, and with
+        ``client_cert`` one for our own clients."""
+        server = issue_server_cert(ca, info.hostname, ip_addresses=[info.address],
+                                   dns_names=sorted({info.hostname, info.name}))
+        files = [("ca.pem", ca.cert_pem), ("server-cert.pem", server.cert_pem),
+                 ("server-key.pem", server.key_pem)]
+        if self.client_cert:
+            client = issue_client_cert(ca, f"jeroboam-{self.server_type}-{info.name}")
+            files += [("client-cert.pem", client.cert_pem), ("client-key.pem", client.key_pem)]
+        for fname, text in files:
+            _write_private(Path(info.state_dir) / "tls" / fname, text)
+
     def restart_with_ca(self, name: str, ca: KeyPair) -> None:
         """Restart the node's dockerd with a server certificate from ``ca`` unless its
         certificate already comes from it (a retry, or a rotation that already rolled over
@@ -391,27 +479,17 @@ class LocalProvider(NodeStore):
     def __init__(self, state_dir: str = DEFAULT_STATE_DIR, *, prefix: str = "jb",
                  address_pools: tuple[str, ...] | None = None, storage_driver: str = "vfs",
                  iptables: bool = True, docker_bridge: bool = False, log_level: str = "warn"):
-        if not re.fullmatch(r"[a-z][a-z0-9]{1,3}", prefix):
-            raise ValueError("prefix must be 2-4 lowercase letters or digits (link names <= 15)")
-        self.state_dir = Path(state_dir).resolve()
-        self.prefix = prefix
+        super().__init__(state_dir, prefix, address_pools or DEFAULT_ADDRESS_POOLS)
         longest = f"{self.state_dir}/nodes/{prefix}-{'0' * 10}/exec/containerd/containerd.sock"
         if len(longest) > MAX_UNIX_PATH:
             raise ValueError(f"state_dir too long for unix socket paths: {longest}")
-        self.address_pools = tuple(ipaddress.ip_network(p) for p in
-                                   (address_pools or DEFAULT_ADDRESS_POOLS))
         self.storage_driver = storage_driver
         self.iptables = iptables
         self.docker_bridge = docker_bridge
         self.log_level = log_level
-        self.base_image = ImageTarball(str(self.state_dir / "images" / "busybox.tar"), BASE_IMAGE)
-        self._node_re = re.compile(rf"{prefix}-([0-9a-f]{{10}})")
         self._veth_re = re.compile(rf"{prefix}v([0-9a-f]{{10}})")
         self._bridge_re = re.compile(rf"{prefix}b[0-9a-f]{{10}}")
         self._daemon_marker = re.compile(re.escape(f"{self.state_dir}/nodes/") + r"([^/]+)/")
-        self._lock = threading.Lock()
-        self._node_locks: dict[str, threading.Lock] = {}
-        self._set_up = False
 
     @classmethod
     def from_settings(cls, settings) -> LocalProvider:
@@ -449,45 +527,16 @@ class LocalProvider(NodeStore):
 
     # --- networks ----------------------------------------------------------------------
 
-    def create_network(self, network_id: str, subnet: str | None = None) -> NetworkInfo:
-        """Create (or find) the bridge of ``network_id``; returns at once, nothing to wait for."""
-        self.setup()
-        name = self.network_name(network_id)
-        with self._locked():
-            info = self._load_network(name)
-            if info is None:
-                net = self._check_subnet(ipaddress.ip_network(subnet)) if subnet \
-                    else self._free_subnet()
-                info = NetworkInfo(network_id, name, str(net), str(net[1]),
-                                   _bridge_mac(network_id))
-                _write_json(self.state_dir / "networks" / f"{name}.json", asdict(info))
-            self._ensure_network(info)
-        return info
+    def _new_network(self, network_id: str, name: str, net) -> NetworkInfo:
+        return NetworkInfo(network_id, name, str(net), str(net[1]), _bridge_mac(network_id))
 
-    def delete_network(self, network_id: str) -> None:
-        """Delete the bridge; refused while nodes are still attached."""
-        name = self.network_name(network_id)
-        with self._locked():
-            attached = [n.name for n in self._nodes() if n.network_id == network_id]
-            if attached:
-                raise InfraError("delete network", f"{name} still has nodes {attached}")
-            self._remove_network(name)
-
-    def network_deleted(self, network_id: str) -> bool:
-        name = self.network_name(network_id)
-        return not host.link_exists(name) and self._load_network(name) is None
+    def _network_present(self, name: str) -> bool:
+        return host.link_exists(name)
 
     def _remove_network(self, name: str) -> None:
         if host.link_exists(name):
             host.run(["ip", "link", "del", name], "delete bridge")
         (self.state_dir / "networks" / f"{name}.json").unlink(missing_ok=True)
-
-    def _check_subnet(self, net):
-        return host.check_subnet(net, [ipaddress.ip_network(n.subnet) for n in self._networks()])
-
-    def _free_subnet(self):
-        return host.free_subnet(self.address_pools,
-                                [ipaddress.ip_network(n.subnet) for n in self._networks()])
 
     def _ensure_network(self, info: NetworkInfo) -> None:
         cmds = [] if host.link_exists(info.name) else \
@@ -517,14 +566,6 @@ class LocalProvider(NodeStore):
         self._write_tls(info, ca)
         self._save_node(info)
         return info
-
-    def _write_tls(self, info: NodeInfo, ca: KeyPair) -> None:
-        server = issue_server_cert(ca, info.hostname, ip_addresses=[info.address],
-                                   dns_names=sorted({info.hostname, info.name}))
-        tls = Path(info.state_dir) / "tls"
-        for fname, text in (("ca.pem", ca.cert_pem), ("server-cert.pem", server.cert_pem),
-                            ("server-key.pem", server.key_pem)):
-            _write_private(tls / fname, text)
 
     def _start(self, info: NodeInfo) -> None:
         with self._node_lock(info.name):
@@ -655,17 +696,6 @@ class LocalProvider(NodeStore):
                     host.kill([pid])
             self._kill_processes(name)
 
-    def restart_node(self, name: str, ca: KeyPair | None = None) -> None:
-        """Restart the node's dockerd on its data (swarm membership survives); with ``ca``,
-        re-issue its server certificate first (CA rotation). Poll check_node_create after."""
-        info = self.get_node(name)
-        if info is None:
-            raise InfraError("restart node", f"{name}: no such node")
-        self.stop_node(name)
-        if ca is not None:
-            self._write_tls(info, ca)
-        self._start(info)
-
     def delete_node(self, name: str) -> None:
         """Begin deleting a node: kill its processes, remove its veth and netns. Idempotent;
         poll :meth:`check_node_delete` until True."""
@@ -742,27 +772,15 @@ class LocalProvider(NodeStore):
 
     # --- restart safety ----------------------------------------------------------------
 
-    def remove_leftovers(self, node_ids: list[str], network_ids: list[str],
-                         timeout: float = 60) -> list[str]:
-        """Remove every node and network of ours not in the lists (state, netns, veths,
-        cgroups, processes, bridges). Returns the names removed."""
-        keep = {self.node_name(i) for i in node_ids}
-        nodes = {p.name for p in (self.state_dir / "nodes").glob("*")}
-        nodes |= {n for n in host.netns_names() if self._node_re.fullmatch(n)}
+    def _nodes_on_host(self) -> set[str]:
+        nodes = {n for n in host.netns_names() if self._node_re.fullmatch(n)}
         nodes |= {f"{self.prefix}-{m.group(1)}" for link in host.links()
                   if (m := self._veth_re.fullmatch(link))}
         nodes |= set(host.cgroup_names(self._node_re))
-        nodes |= set(self._processes_by_node().values())
-        stale = sorted(nodes - keep)
-        self.destroy_nodes(stale, timeout)
-        keep_nets = {self.network_name(i) for i in network_ids}
-        nets = {p.stem for p in (self.state_dir / "networks").glob("*.json")}
-        nets |= {link for link in host.links() if self._bridge_re.fullmatch(link)}
-        stale_nets = sorted(nets - keep_nets)
-        with self._locked():
-            for name in stale_nets:
-                self._remove_network(name)
-        return stale + stale_nets
+        return nodes | set(self._processes_by_node().values())
+
+    def _networks_on_host(self) -> set[str]:
+        return {link for link in host.links() if self._bridge_re.fullmatch(link)}
 
     def inventory(self) -> dict[str, list[str]]:
         """What this provider has on the host, for leak checks (compare before and after)."""

@@ -33,13 +33,34 @@ START_TIMEOUT = 90
 DELETE_TIMEOUT = 60
 POLL = 0.05  # seconds between checks; a node starts in about 0.3 s
 
-_lock = threading.Lock()
-_providers: dict[str, LocalProvider] = {}
-_current: LocalProvider | None = None
+class ProcessProviders:
+    """A provider's one instance per state directory in this process, and the one its
+    orchestration resources act through (the one :meth:`configure` gave last). ``make(state,
+    settings)`` builds one on ``<data_dir>/<subdir>``."""
 
+    def __init__(self, subdir: str, make):
+        self.subdir, self.make = subdir, make
+        self._lock = threading.Lock()
+        self._providers: dict = {}
+        self._current = None
 
-def state_dir(settings) -> str:
-    return str(Path(settings.get("server", "data_dir")) / "local")
+    def configure(self, settings):
+        """The provider of these settings (one per process), also the one the resources use."""
+        state = str(Path(settings.get("server", "data_dir")) / self.subdir)
+        with self._lock:
+            if state not in self._providers:
+                try:
+                    self._providers[state] = self.make(state, settings)
+                except ValueError as exc:  # e.g. a data_dir too long for unix socket paths
+                    raise InfraError(f"set up the {self.subdir} provider", str(exc)) from None
+            self._current = self._providers[state]
+            return self._current
+
+    def current(self):
+        if self._current is None:
+            raise InfraError(f"{self.subdir} provider", "not set up in this process (a driver "
+                             "sets it up when a worker starts; is it disabled?)")
+        return self._current
 
 
 def prefix_for(state: str) -> str:
@@ -50,25 +71,9 @@ def prefix_for(state: str) -> str:
     return "j" + "".join(alphabet[(digest >> (6 * i)) % 36] for i in range(3))
 
 
-def configure(settings) -> LocalProvider:
-    """The provider of these settings (one per process), also the one the resources use."""
-    global _current
-    state = state_dir(settings)
-    with _lock:
-        if state not in _providers:
-            try:
-                _providers[state] = LocalProvider(state, prefix=prefix_for(state))
-            except ValueError as exc:  # e.g. a data_dir too long for unix socket paths
-                raise InfraError("set up the local provider", str(exc)) from None
-        _current = _providers[state]
-        return _current
-
-
-def current() -> LocalProvider:
-    if _current is None:
-        raise InfraError("local provider", "not set up in this process (the swarm_local "
-                         "driver sets it up when a worker starts; is it disabled?)")
-    return _current
+_local = ProcessProviders("local", lambda state, _: LocalProvider(state, prefix=prefix_for(state)))
+configure = _local.configure
+current = _local.current
 
 
 def image_path(provider: LocalProvider, path: str) -> str:

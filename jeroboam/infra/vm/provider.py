@@ -56,10 +56,10 @@ from jeroboam.infra.base import ProcessSpec
 from jeroboam.infra.local import host
 from jeroboam.infra.local.clients import tls_client
 from jeroboam.infra.local.host import InfraError, wait_until
-from jeroboam.infra.local.images import BASE_IMAGE, ImageTarball, build_busybox_tar
-from jeroboam.infra.local.provider import TLS_PORT, NodeRecord, NodeSpec, NodeStore, \
-    _read_json, _write_json, _write_private
-from jeroboam.pki import KeyPair, issue_client_cert, issue_server_cert
+from jeroboam.infra.local.images import build_busybox_tar
+from jeroboam.infra.local.provider import TLS_PORT, NetworkRecord, NodeRecord, NodeSpec, \
+    NodeStore, _read_json, _write_json
+from jeroboam.pki import KeyPair
 
 LOG = logging.getLogger(__name__)
 
@@ -76,6 +76,9 @@ GUEST_NODE_DIR = "/var/lib/jeroboam/node"  # the guest's supervisor directory (a
 HOST_END = "169.254.0.1"  # the veth pair between the host and a network's namespace
 NS_END = "169.254.0.2"
 MEMORY_MB = 1024
+# Two: under TCG a vCPU is a host thread, and one alone starved a Kubernetes master's
+# control plane until kube-apiserver failed its own internal deadlines.
+CPUS = 2
 TB_SIZE_MB = 128  # TCG's translation cache: the default (1 GB) would double each VM's memory
 KVM_TRIAL_TIMEOUT = 5.0
 TCG_CLIENT_TIMEOUT = 30.0
@@ -93,18 +96,6 @@ NETNS_FIREWALL = """*filter
 -A FORWARD -i br0 -o up0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
 COMMIT
 """
-
-
-@dataclass(frozen=True)
-class NetworkInfo:
-    network_id: str
-    name: str  # the network namespace's name; the resource's physical id
-    subnet: str
-    gateway: str
-
-    @property
-    def prefixlen(self) -> int:
-        return ipaddress.ip_network(self.subnet).prefixlen
 
 
 @dataclass(frozen=True)
@@ -205,30 +196,21 @@ class VmProvider(NodeStore):
     server_type = "vm"
     network_type = NETWORK_TYPE
     node_type = NODE_TYPE
-    network_info = NetworkInfo
+    network_info = NetworkRecord
     node_info = VmNode
     start_timeout = 240
     wait_interval = 0.5  # a check is a TLS handshake with a guest under TCG
+    client_cert = True
 
     def __init__(self, state_dir: str = DEFAULT_STATE_DIR, *, prefix: str = "jv",
                  images_dir: str = DEFAULT_IMAGES, address_pools: tuple[str, ...] | None = None,
-                 memory_mb: int = MEMORY_MB, cpus: int = 1):
-        if not re.fullmatch(r"[a-z][a-z0-9]{1,3}", prefix):
-            raise ValueError("prefix must be 2-4 lowercase letters or digits (link names <= 15)")
-        self.state_dir = Path(state_dir).resolve()
-        self.prefix = prefix
+                 memory_mb: int = MEMORY_MB, cpus: int = CPUS):
+        super().__init__(state_dir, prefix, address_pools or DEFAULT_ADDRESS_POOLS)
         self.images_dir = Path(images_dir)
-        self.address_pools = tuple(ipaddress.ip_network(p) for p in
-                                   (address_pools or DEFAULT_ADDRESS_POOLS))
         self.memory_mb = memory_mb
         self.cpus = cpus
-        self.base_image = ImageTarball(str(self.state_dir / "images" / "busybox.tar"), BASE_IMAGE)
-        self._node_re = re.compile(rf"{prefix}-([0-9a-f]{{10}})")
         self._netns_re = re.compile(rf"{prefix}n([0-9a-f]{{10}})")
         self._veth_re = re.compile(rf"{prefix}h([0-9a-f]{{10}})")
-        self._lock = threading.Lock()
-        self._node_locks: dict[str, threading.Lock] = {}
-        self._set_up = False
         self._setup_lock = threading.Lock()
         self._accel: dict | None = None
 
@@ -351,21 +333,13 @@ class VmProvider(NodeStore):
 
     # --- networks ----------------------------------------------------------------------
 
-    def create_network(self, network_id: str, subnet: str | None = None) -> NetworkInfo:
-        self.setup()
-        name = self.network_name(network_id)
-        with self._locked():
-            info = self._load_network(name)
-            if info is None:
-                taken = [ipaddress.ip_network(n.subnet) for n in self._networks()]
-                net = host.check_subnet(ipaddress.ip_network(subnet), taken) if subnet \
-                    else host.free_subnet(self.address_pools, taken)
-                info = NetworkInfo(network_id, name, str(net), str(net[1]))
-                _write_json(self.state_dir / "networks" / f"{name}.json", asdict(info))
-            self._ensure_network(info)
-        return info
+    def _new_network(self, network_id: str, name: str, net) -> NetworkRecord:
+        return NetworkRecord(network_id, name, str(net), str(net[1]))
 
-    def _ensure_network(self, info: NetworkInfo) -> None:
+    def _network_present(self, name: str) -> bool:
+        return (host.NETNS_DIR / name).exists()
+
+    def _ensure_network(self, info: NetworkRecord) -> None:
         """Create what is missing of the network's namespace (bridge, firewall) and of the
         veth pair and route joining the host to it."""
         veth = self._veth(info.name)
@@ -389,18 +363,6 @@ class VmProvider(NodeStore):
                                   f"route add default via {HOST_END} dev up0"], "route out")
             host.run(["ip", "route", "replace", info.subnet, "via", NS_END, "dev", veth,
                       "onlink"], f"route to {info.name}")
-
-    def delete_network(self, network_id: str) -> None:
-        name = self.network_name(network_id)
-        with self._locked():
-            attached = [n.name for n in self._nodes() if n.network_id == network_id]
-            if attached:
-                raise InfraError("delete network", f"{name} still has nodes {attached}")
-            self._remove_network(name)
-
-    def network_deleted(self, network_id: str) -> bool:
-        name = self.network_name(network_id)
-        return not (host.NETNS_DIR / name).exists() and self._load_network(name) is None
 
     def _remove_network(self, name: str) -> None:
         # the namespace takes its bridge, the taps and the veth pair (hence the route) along
@@ -435,18 +397,7 @@ class VmProvider(NodeStore):
         self._save_node(info)
         return info
 
-    def _write_tls(self, info: VmNode, ca: KeyPair) -> None:
-        server = issue_server_cert(ca, info.hostname, ip_addresses=[info.address],
-                                   dns_names=sorted({info.hostname, info.name}))
-        client = issue_client_cert(ca, f"jeroboam-vm-{info.name}")
-        tls = Path(info.state_dir) / "tls"
-        for fname, text in (("ca.pem", ca.cert_pem), ("server-cert.pem", server.cert_pem),
-                            ("server-key.pem", server.key_pem),
-                            ("client-cert.pem", client.cert_pem),
-                            ("client-key.pem", client.key_pem)):
-            _write_private(tls / fname, text)
-
-    def _config_disk(self, info: VmNode, net: NetworkInfo) -> Path:
+    def _config_disk(self, info: VmNode, net: NetworkRecord) -> Path:
         """The node's config disk: a tar the initramfs unpacks into the guest's /run/jeroboam."""
         tls = Path(info.state_dir) / "tls"
         guest_tls = "/run/jeroboam/tls"
@@ -612,15 +563,6 @@ class VmProvider(NodeStore):
                 wait_until(lambda: self._qemu_pid(name) is None, timeout, f"stop VM {name}",
                            interval=0.1)
 
-    def restart_node(self, name: str, ca: KeyPair | None = None) -> None:
-        info = self.get_node(name)
-        if info is None:
-            raise InfraError("restart node", f"{name}: no such node")
-        self.stop_node(name)
-        if ca is not None:
-            self._write_tls(info, ca)
-        self._start(info)
-
     def delete_node(self, name: str) -> None:
         """Begin deleting: kill the VM, remove its tap. Poll :meth:`check_node_delete`."""
         with self._node_lock(name):
@@ -655,23 +597,13 @@ class VmProvider(NodeStore):
 
     # --- restart safety ----------------------------------------------------------------
 
-    def remove_leftovers(self, node_ids: list[str], network_ids: list[str],
-                         timeout: float = 60) -> list[str]:
-        keep = {self.node_name(i) for i in node_ids}
-        nodes = {p.name for p in (self.state_dir / "nodes").glob("*")}
-        nodes |= set(self._processes_by_node().values())
-        stale = sorted(nodes - keep)
-        self.destroy_nodes(stale, timeout)
-        keep_nets = {self.network_name(i) for i in network_ids}
-        nets = {p.stem for p in (self.state_dir / "networks").glob("*.json")}
-        nets |= {n for n in host.netns_names() if self._netns_re.fullmatch(n)}
-        nets |= {f"{self.prefix}n{m.group(1)}" for link in host.links()
-                 if (m := self._veth_re.fullmatch(link))}
-        stale_nets = sorted(nets - keep_nets)
-        with self._locked():
-            for name in stale_nets:
-                self._remove_network(name)
-        return stale + stale_nets
+    def _nodes_on_host(self) -> set[str]:
+        return set(self._processes_by_node().values())
+
+    def _networks_on_host(self) -> set[str]:
+        nets = {n for n in host.netns_names() if self._netns_re.fullmatch(n)}
+        return nets | {f"{self.prefix}n{m.group(1)}" for link in host.links()
+                       if (m := self._veth_re.fullmatch(link))}
 
     def inventory(self) -> dict[str, list[str]]:
         """What this provider has on the host, for leak checks."""

@@ -7,46 +7,15 @@ make namespaces, taps and QEMU processes on the host as root."""
 
 from __future__ import annotations
 
-import threading
-from pathlib import Path
-
 from jeroboam.infra.local import resources as local
-from jeroboam.infra.local.host import InfraError
 
 from .provider import NETWORK_TYPE, NODE_TYPE, VmProvider
 
-_lock = threading.Lock()
-_providers: dict[str, VmProvider] = {}
-_current: VmProvider | None = None
-
-
-def state_dir(settings) -> str:
-    return str(Path(settings.get("server", "data_dir")) / "vm")
-
-
-def configure(settings) -> VmProvider:
-    """The provider of these settings (one per process), also the one the resources use."""
-    global _current
-    state = state_dir(settings)
-    with _lock:
-        if state not in _providers:
-            try:
-                _providers[state] = VmProvider(
-                    state, prefix=local.prefix_for(state),
-                    images_dir=str(settings.get("vm", "images_dir")),
-                    memory_mb=int(settings.get("vm", "memory_mb")),
-                    cpus=int(settings.get("vm", "cpus")))
-            except ValueError as exc:
-                raise InfraError("set up the vm provider", str(exc)) from None
-        _current = _providers[state]
-        return _current
-
-
-def current() -> VmProvider:
-    if _current is None:
-        raise InfraError("vm provider", "not set up in this process (a driver sets it up when "
-                         "a worker starts)")
-    return _current
+_vm = local.ProcessProviders("vm", lambda state, settings: VmProvider(
+    state, prefix=local.prefix_for(state), images_dir=str(settings.get("vm", "images_dir")),
+    memory_mb=int(settings.get("vm", "memory_mb")), cpus=int(settings.get("vm", "cpus"))))
+configure = _vm.configure
+current = _vm.current
 
 
 class Network(local.Network):

@@ -70,7 +70,7 @@ class ClusterContext:
 
 
 def driver_for(ctx: "ClusterContext"):
-    disabled = ctx.task.settings.get("drivers", "disabled_drivers") if ctx.task.settings else ""
+    disabled = ctx.task.settings.get("drivers", "disabled_drivers") if ctx.task.settings else ()
     return Registry(disabled).by_name(ctx.template.driver)
 
 

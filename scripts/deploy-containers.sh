@@ -8,7 +8,7 @@
 #
 # Settings (environment): JEROBOAM_DEPLOY_DIR (default /var/lib/jeroboam-ctr; keep it short,
 # node sockets live under it), JEROBOAM_DEPLOY_API_PORT (9511), JEROBOAM_DEPLOY_DB_PORT (5439),
-# JEROBOAM_DEPLOY_CONFIG (an INI file appended to the generated jeroboam.conf).
+# JEROBOAM_DEPLOY_CONFIG (an INI file put in jeroboam.conf.d/, read after the generated jeroboam.conf).
 #
 # The dockerd: own data-root, exec-root, pidfile and unix socket under the deploy dir, with
 # --bridge=none --iptables=false --ip-forward=false --ip-masq=false, so it adds no docker0, no
@@ -101,13 +101,14 @@ up() {
   local password db_url
   password=$(cat "$D/db-password")
   db_url="postgresql://jeroboam:$password@127.0.0.1:$DB_PORT/jeroboam"
-  mkdir -p "$D/etc" "$D/data"
-  {
-    printf '[server]\ndatabase = %s\ndata_dir = %s\n' "$db_url" "$D/data"
-    [[ -n ${JEROBOAM_DEPLOY_CONFIG:-} ]] && cat "$JEROBOAM_DEPLOY_CONFIG"
-  } >"$D/etc/jeroboam.conf"
-  chmod 755 "$D/etc"; chmod 644 "$D/etc/jeroboam.conf"  # the API's user reads it; $D itself is root's only
-  local conf=(-v "$D/etc:/etc/jeroboam:ro" -e JEROBOAM_CONFIG=/etc/jeroboam/jeroboam.conf)
+  rm -rf "$D/etc/jeroboam.conf.d"
+  mkdir -p "$D/etc/jeroboam.conf.d" "$D/data"
+  printf '[DEFAULT]\nstate_path = %s\n\n[database]\nconnection = %s\n' "$D/data" "$db_url" >"$D/etc/jeroboam.conf"
+  [[ -z ${JEROBOAM_DEPLOY_CONFIG:-} ]] || cp "$JEROBOAM_DEPLOY_CONFIG" "$D/etc/jeroboam.conf.d/deploy.conf"
+  # the API's user reads them; $D itself is root's only
+  chmod -R a+rX "$D/etc"
+  # every command finds /etc/jeroboam/jeroboam.conf and jeroboam.conf.d/*.conf there (oslo.config's search)
+  local conf=(-v "$D/etc:/etc/jeroboam:ro")
 
   cat >"$D/pg-init.sh" <<'EOF'
 set -e

@@ -144,7 +144,7 @@ def test_oversized_bodies_get_413_unread(attacker):
     assert r.status_code == 413
     assert error(r) == {"request_id": "", "code": "", "status": 413, "title": "Request Entity Too Large",
                         "detail": "Request is too large: the limit is 114688 bytes "
-                                  "([server] max_request_body_size).", "links": []}
+                                  "([api] max_request_body_size).", "links": []}
 
     def chunked():  # no Content-Length: the limit must hold while reading
         for i in range(0, len(big), 16384):
@@ -163,7 +163,7 @@ def test_stack_bodies_have_heats_larger_limit(attacker):
     template["description"] = "d" * 1_100_000
     r = attacker.post("/v1/stacks", json={"stack_name": "huge", "template": template})
     assert r.status_code == 413
-    assert error(r)["detail"] == "Request is too large: the limit is 1048576 bytes ([server] max_json_body_size)."
+    assert error(r)["detail"] == "Request is too large: the limit is 1048576 bytes ([api] max_json_body_size)."
 
 
 def test_node_count_is_bounded_per_cluster(attacker):

@@ -23,12 +23,12 @@ def test_version():
 
 
 @pytest.mark.parametrize("args, env, message", [
-    (["api"], {"JEROBOAM_SERVER_API_WORKERS": "four"}, "JEROBOAM_SERVER_API_WORKERS: 'four' is not a valid int"),
-    (["worker", "--config", "/nonexistent/jeroboam.ini"], {}, "config file not found: /nonexistent/jeroboam.ini"),
+    (["api"], {"JEROBOAM_SERVER_API_WORKERS": "four"}, "[api] workers = 'four' from JEROBOAM_SERVER_API_WORKERS: "),
+    (["worker", "--config-file", "/nonexistent/jeroboam.conf"], {}, "config file not found: /nonexistent/jeroboam.conf"),
     (["worker", "--database", "postgresql://nobody@127.0.0.1:1/none"], {}, "database 127.0.0.1:1/none:"),
     (["api", "--database", "mysql://nobody@127.0.0.1:1/none"], {}, "Can't connect to MySQL server"),
     (["serve", "--database", "nosuchdb://x"], {}, "database nosuchdb://x:"),
-    (["serve", "--bind", "localhost"], {}, "[server] bind: expected HOST:PORT, got 'localhost'"),
+    (["serve", "--bind", "localhost"], {}, "--bind: expected HOST:PORT, got 'localhost'"),
     (["worker"], {}, "is at revision none, this code needs"),  # never migrated
 ])
 def test_start_errors_are_one_line_and_exit_nonzero(tmp_path, args, env, message):

@@ -1,7 +1,5 @@
-"""Isolation, pagination, certificates, quotas, stats, federations, root documents, config."""
+"""Isolation, pagination, certificates, quotas, stats, federations, root documents."""
 
-import subprocess
-import sys
 import uuid
 
 import httpx
@@ -149,13 +147,3 @@ def test_mservices_need_admin(alice, admin):
     assert alice.get("/v1/mservices").status_code == 403
     services = admin.get("/v1/mservices").json()["mservices"]
     assert services[0]["binary"] == "magnum-conductor" and services[0]["state"] == "up"
-
-
-def test_config_sample_and_environment():
-    sample = subprocess.run([sys.executable, "-m", "jeroboam.cli.main", "config", "sample"],
-                            capture_output=True, text=True, check=True).stdout
-    assert "[server]" in sample and "#bind = 127.0.0.1:9511" in sample and "JEROBOAM_SERVER_DATABASE" in sample
-    from jeroboam import config
-
-    settings = config.load(environ={"JEROBOAM_SERVER_MAX_LIMIT": "50"})
-    assert settings.get("server", "max_limit") == 50

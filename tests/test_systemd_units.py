@@ -59,5 +59,3 @@ def test_api_unprivileged_worker_root():
     assert worker["User"] == "root" and worker["ExecStart"] == f"{INSTALLED} worker"
     # nodes' dockerds are the worker's children: a worker restart must not kill the clusters
     assert worker["KillMode"] == "process"
-    for service in (api, worker):
-        assert service["Environment"] == "JEROBOAM_CONFIG=/etc/jeroboam/jeroboam.conf"

@@ -10,8 +10,8 @@ from the request until the API shows the operation's end, polling every 20 ms:
 The bare recipe: `swarm-local.sh up 3` and `up 10` (parallel starts, 1 manager, its defaults),
 each from a clean `down`, in its own state directory, bridge and free /24.
 Kubernetes (coe kubernetes, binaries of scripts/build-kubernetes.sh), same service:
-  - create 1 master + 2 workers until CREATE_COMPLETE (the driver's last steps wait for every
-    node's Ready condition), with the median time of each step of the create task
+  - create 1 master + 2 workers until CREATE_COMPLETE (the driver's last step waits until
+    every node is Ready and schedulable), with the median time of each step of the create task
   - delete it until the API answers 404
 Medians of --runs (3) after one untimed warm-up of each. Everything made is removed at the end,
 also on failure.
@@ -193,7 +193,7 @@ def bench_kubernetes(runs: int, data: Path) -> tuple[dict[str, list[float]], dic
             t_delete = service.delete(uuid)
             log(f"k8s  run {run}{' (warm-up)' if warm else ''}: create 1+2 {t_create:.2f} s "
                 f"({', '.join(f'{k} {v:.2f}' for k, v in took.items())}), "
-                f"delete {t_delete:.2f} s")
+                f"delete {t_delete:.2f} s, load {os.getloadavg()[0]:.1f}")
             if not warm:
                 times["k8s create 1+2 nodes"].append(t_create)
                 times["k8s delete 1+2 nodes"].append(t_delete)
@@ -297,6 +297,7 @@ def main() -> int:
         return 0
     # short paths: unix sockets under the state directories must stay below 108 bytes
     work = Path(tempfile.mkdtemp(prefix="jbk-", dir="/tmp"))
+    load_before = os.getloadavg()[0]  # the machine is shared: figures say how loaded it was
     api, bare, k8s, k8s_steps = {}, {}, {}, {}
     try:
         for sub in ("api", "bare", "k8s"):
@@ -312,7 +313,8 @@ def main() -> int:
 
     medians = {k: statistics.median(v) for k, v in {**api, **bare}.items()}
     print(f"\nClusters through the API vs the bare recipe: medians of {args.runs} "
-          f"({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})")
+          f"({os.cpu_count()} CPUs, load {load_before:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end)")
     print(f"{'operation':<22}{'API':>9}{'bare':>9}{'ratio':>8}{'target':>9}  verdict")
     for key in api:
         bare_key = BARE_OF.get(key)
@@ -323,7 +325,8 @@ def main() -> int:
         print(f"{key:<22}{medians[key]:>7.2f} s{bare_s:>9}{ratio:>8}"
               f"{f'{target:.1f} s' if target else '-':>9}  {verdict}")
     if k8s_steps:
-        print("\nKubernetes create, median time of each task step:")
+        print("\nKubernetes create, median time of each task step (the API server starts "
+              "during 'start nodes'):")
         for name, value in k8s_steps.items():
             print(f"  {name:<22}{value:>7.2f} s")
     if args.json:

@@ -139,7 +139,7 @@ def create_app(settings: config.Settings | None = None, engine=None) -> Starlett
     app.state.session_factory = make_sessionmaker(engine)
     # Reads need no transaction: on PostgreSQL this saves the BEGIN and COMMIT round trips.
     app.state.read_session_factory = make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
-    app.state.policy = Policy(settings.get("auth", "policy_file"))
+    app.state.policy = Policy(settings.conf)
     app.state.auth = make_auth(settings)
     disabled = settings.get("drivers", "disabled_drivers")
     app.state.drivers = lambda: Registry(disabled)
@@ -149,5 +149,5 @@ def create_app(settings: config.Settings | None = None, engine=None) -> Starlett
     # that walk it all (measured: 28% of a list request's time).
     gc.collect()
     gc.freeze()
-    return RequestMiddleware(app, bool(settings.get("server", "access_log")),
+    return RequestMiddleware(app, settings.get("api", "access_log"),
                              RequestMetrics(app.routes) if metrics else None)

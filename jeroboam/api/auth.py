@@ -5,9 +5,9 @@ would set them; a caller sending none of them gets the configured defaults, so
 that plain `curl` and `openstack --os-auth-type none` work.
 
 keystone hands X-Auth-Token to keystonemiddleware's auth_token, called as the
-WSGI middleware it is (its own [keystone_authtoken] options, retries, and 503
-when Keystone cannot be reached), in a worker thread so that a slow Keystone
-never stalls the event loop. A bounded LRU cache sits in front of it; an entry
+WSGI middleware it is (its own [keystone_authtoken] options, which it reads from
+Jeroboam's configuration, retries, and 503 when Keystone cannot be reached), in a
+worker thread so that a slow Keystone never stalls the event loop. A bounded LRU cache sits in front of it; an entry
 lives token_cache_time seconds but never past the token's expires_at.
 
 Either way a role implies the roles Keystone's defaults say it does.
@@ -30,11 +30,6 @@ LOG = logging.getLogger("jeroboam.keystone")
 Identity = tuple[str, str, frozenset[str]]
 
 GROUP = "keystone_authtoken"
-# Options of the middleware itself, handed over as a paste pipeline would (empty ones left to its defaults),
-MIDDLEWARE_OPTIONS = ("www_authenticate_uri", "auth_type", "interface", "region_name", "cafile", "insecure",
-                      "http_connect_timeout", "http_request_max_retries")
-# and those of the service user's keystoneauth1 plugin, which the middleware reads from oslo.config.
-PLUGIN_OPTIONS = ("auth_url", "username", "password", "project_name", "user_domain_name", "project_domain_name")
 # What each service-user plugin cannot do without.
 REQUIRED = {"password": ("auth_url", "username", "password"), "v3password": ("auth_url", "username", "password")}
 
@@ -72,8 +67,8 @@ class NoAuth:
     def __init__(self, settings):
         self.project = settings.get("auth", "noauth_project")
         self.user = settings.get("auth", "noauth_user")
-        self.roles = settings.get("auth", "noauth_roles")
-        self.any_host = bool(settings.get("auth", "noauth_allow_remote"))
+        self.roles = expand_roles(r.lower() for r in settings.get("auth", "noauth_roles"))
+        self.any_host = settings.get("auth", "noauth_allow_remote")
 
     async def identify(self, headers) -> Identity:
         host = headers.get("host", "")
@@ -86,7 +81,7 @@ class NoAuth:
         roles = headers.get("x-roles")
         if project is None and roles is None:
             # An anonymous caller (curl, `openstack --os-auth-type none`) is the local operator.
-            return self.project, headers.get("x-user-id") or self.user, _split_roles(self.roles)
+            return self.project, headers.get("x-user-id") or self.user, self.roles
         # A caller that names its project speaks for itself: no roles sent means none held.
         return project or self.project, headers.get("x-user-id") or self.user, _split_roles(roles or "")
 
@@ -116,26 +111,17 @@ class KeystoneAuth:
 
     def __init__(self, settings):
         import cachetools
-        from keystoneauth1 import loading
         from keystonemiddleware import auth_token
-        from oslo_config import cfg
 
-        conf = {name: settings.get(GROUP, name) for name in MIDDLEWARE_OPTIONS}
-        conf = {name: value for name, value in conf.items() if value != ""}
-        conf.setdefault("www_authenticate_uri", settings.get(GROUP, "auth_url"))
-        self.challenge = {"WWW-Authenticate": f'Keystone uri="{conf["www_authenticate_uri"]}"'}
-        # A private oslo.config object, so that nothing reads or registers on the process-global one.
-        local = cfg.ConfigOpts()
-        local([], project="jeroboam", default_config_files=[], default_config_dirs=[])
-        local.register_opts(loading.get_auth_plugin_conf_options(conf["auth_type"]), group=GROUP)
-        for name in PLUGIN_OPTIONS:
-            if settings.get(GROUP, name):
-                local.set_override(name, settings.get(GROUP, name), group=GROUP)
+        uri = settings.get(GROUP, "www_authenticate_uri") or settings.get(GROUP, "auth_url")
+        self.challenge = {"WWW-Authenticate": f'Keystone uri="{uri}"'}
+        # The middleware reads [keystone_authtoken] from Jeroboam's configuration; what is given
+        # here, as a paste pipeline would, takes precedence.
         self._middleware = auth_token.AuthProtocol(_accept, {
-            **conf, "oslo_config_config": local, "cache": self.CACHE_KEY,
+            "oslo_config_config": settings.conf, "www_authenticate_uri": uri, "cache": self.CACHE_KEY,
             "delay_auth_decision": False, "service_token_roles_required": True})
         self.ttl = float(settings.get(GROUP, "token_cache_time"))
-        self._cache = cachetools.TLRUCache(maxsize=max(1, int(settings.get("auth", "token_cache_size"))),
+        self._cache = cachetools.TLRUCache(maxsize=settings.get("auth", "token_cache_size"),
                                            ttu=lambda _token, entry, _now: entry[1], timer=time.monotonic)
         self._lock = threading.Lock()
 
@@ -184,11 +170,8 @@ class KeystoneAuth:
 
 def check_settings(settings) -> str | None:
     """What keeps the configured strategy from working, in one line; None when nothing does."""
-    strategy = settings.get("auth", "strategy")
-    if strategy == "noauth":
+    if settings.get("api", "auth_strategy") == "noauth":
         return None
-    if strategy != "keystone":
-        return f"unknown [auth] strategy {strategy!r} (noauth or keystone)"
     auth_type = settings.get(GROUP, "auth_type")
     missing = [name for name in REQUIRED.get(auth_type, ("auth_url",)) if not settings.get(GROUP, name)]
     if missing:
@@ -201,4 +184,4 @@ def make_auth(settings):
     problem = check_settings(settings)
     if problem:
         raise ValueError(problem)
-    return KeystoneAuth(settings) if settings.get("auth", "strategy") == "keystone" else NoAuth(settings)
+    return KeystoneAuth(settings) if settings.get("api", "auth_strategy") == "keystone" else NoAuth(settings)

@@ -63,8 +63,7 @@ def check_provider(call, server_type: str) -> None:
     operator lists may use it; nobody else may make or use a template of it."""
     if server_type != "local" or call.ctx.is_admin:
         return
-    listed = {p.strip() for p in str(call.state.settings.get("infra", "local_projects")).split(",")}
-    if call.ctx.project_id not in listed:
+    if call.ctx.project_id not in call.state.settings.get("infra", "local_projects"):
         raise Forbidden("server_type local is reserved to the projects listed in [infra] local_projects: "
                         "its nodes run as root on the service's own host.")
 

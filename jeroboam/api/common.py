@@ -28,7 +28,7 @@ def int_id(value: str) -> int | None:
 
 
 # An absolute or home-relative file path, or a unix-socket URL; not a URL's `//`, not the
-# `/24` of a network, not a relative `a/b` nor one below a placeholder (`<data_dir>/images`).
+# `/24` of a network, not a relative `a/b` nor one below a placeholder (`<state_path>/images`).
 HOST_PATH_RE = re.compile(r"[a-z+.-]*unix://\S+|(?<![\w.~/>-])~?/(?!/|\d+(?![\w/.-]))[^\s'\"(),;\[\]{}<>]+")
 
 
@@ -71,8 +71,8 @@ def filter_equal(stmt, query: dict, columns: dict):
 
 
 def page_limit(call) -> int:
-    """The page size a list request asks for, within [server] max_limit (also the default)."""
-    max_limit = int(call.state.settings.get("server", "max_limit"))
+    """The page size a list request asks for, within [api] max_limit (also the default)."""
+    max_limit = call.state.settings.get("api", "max_limit")
     limit = int(call.query["limit"]) if "limit" in call.query else max_limit
     if limit <= 0:
         raise BadRequest("Limit must be positive")

@@ -3,7 +3,7 @@ as the database holds it.
 
 Request metrics are counted per process. With several API processes (`--api-workers`)
 prometheus_client's multiprocess mode adds them up: the parent sets PROMETHEUS_MULTIPROC_DIR
-(a fresh directory under data_dir) before it starts them, and any process answers a scrape
+(a fresh directory under state_path) before it starts them, and any process answers a scrape
 for all. Task, cluster and node figures are read from the database at scrape time (a custom
 collector), so every API process reports the same whole-service numbers, workers included.
 """

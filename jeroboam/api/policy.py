@@ -172,20 +172,23 @@ def list_rules() -> list[policy.RuleDefault]:
     return RULES + resource_type_rules()
 
 
-def _enforcer(policy_file: str) -> policy.Enforcer:
-    conf = cfg.ConfigOpts()
-    conf([], project="jeroboam", default_config_files=[], default_config_dirs=[])
-    enforcer = policy.Enforcer(conf, policy_file=policy_file or None)
+def _enforcer(conf: cfg.ConfigOpts | None) -> policy.Enforcer:
+    """An enforcer reading its [oslo_policy] options from Jeroboam's configuration; without one,
+    from none (the rules in code, and a policy.yaml in oslo.config's standard places)."""
+    if conf is None:
+        conf = cfg.ConfigOpts()
+        conf([], project="jeroboam", default_config_files=[], default_config_dirs=[])
+    enforcer = policy.Enforcer(conf)
     enforcer.register_defaults(list_rules())
     return enforcer
 
 
 def get_enforcer() -> policy.Enforcer:
-    """The enforcer oslo.policy's tools load (entry point oslo.policy.enforcer), with the policy
-    file of Jeroboam's configuration (JEROBOAM_CONFIG, JEROBOAM_AUTH_POLICY_FILE)."""
+    """The enforcer oslo.policy's tools load (entry point oslo.policy.enforcer), with Jeroboam's
+    configuration: [oslo_policy] policy_file from /etc/jeroboam/jeroboam.conf or the environment."""
     from jeroboam import config
 
-    return _enforcer(str(config.load().get("auth", "policy_file")))
+    return _enforcer(config.load().conf)
 
 
 # Keystone's default role implications (keystone-manage bootstrap: admin -> member -> reader),
@@ -203,8 +206,8 @@ def expand_roles(roles) -> frozenset[str]:
 
 
 class Policy:
-    def __init__(self, policy_file: str = ""):
-        self._enforcer = _enforcer(policy_file)
+    def __init__(self, conf: cfg.ConfigOpts | None = None):
+        self._enforcer = _enforcer(conf)
         self._enforcer.load_rules()
         self._cached = functools.lru_cache(maxsize=65536)(self._decide)
         self._rules = self._enforcer.rules  # the rule set the memo's decisions came from

@@ -40,7 +40,7 @@ class Endpoint:
     query: list | Query | None = None
     # For the OpenAPI document: the response's schema, when it has a body.
     response: dict | None = None
-    # The [server] option bounding the request body (Magnum's, or Heat's for the stacks API).
+    # The [api] option bounding the request body (Magnum's, or Heat's for the stacks API).
     body_limit: str = "max_request_body_size"
 
 
@@ -115,7 +115,7 @@ class Resource:
             return Response(router_error(405, "Method Not Allowed"), 405,
                             headers={**headers, "Allow": self.allow}, media_type="application/json")
         try:
-            limit = int(state.settings.get("server", endpoint.body_limit))
+            limit = state.settings.get("api", endpoint.body_limit)
             _check_body_headers(request, endpoint.body_limit, limit)
             version = microversions.negotiate(request.headers.get(microversions.HEADER))
         except APIError as exc:
@@ -180,7 +180,7 @@ FORM_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "mult
 
 
 def _too_large(option: str, limit: int) -> RequestTooLarge:
-    return RequestTooLarge(f"Request is too large: the limit is {limit} bytes ([server] {option}).")
+    return RequestTooLarge(f"Request is too large: the limit is {limit} bytes ([api] {option}).")
 
 
 def _check_body_headers(request: Request, option: str, limit: int) -> None:

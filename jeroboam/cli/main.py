@@ -33,14 +33,15 @@ def _one_line(exc: BaseException) -> str:
 
 def _settings(args) -> config.Settings:
     overrides = {
-        ("server", "bind"): getattr(args, "bind", None),
-        ("server", "database"): getattr(args, "database", None),
-        ("server", "api_workers"): getattr(args, "api_workers", None),
-        ("server", "data_dir"): getattr(args, "data_dir", None),
-        ("auth", "strategy"): getattr(args, "auth", None),
+        ("database", "connection"): getattr(args, "database", None),
+        ("api", "workers"): getattr(args, "api_workers", None),
+        ("DEFAULT", "state_path"): getattr(args, "data_dir", None),
+        ("api", "auth_strategy"): getattr(args, "auth", None),
         ("worker", "threads"): getattr(args, "threads", None),
     }
-    return config.load(getattr(args, "config", None), overrides)
+    if getattr(args, "bind", None):
+        overrides["api", "host"], overrides["api", "port"] = config.split_bind(args.bind, "--bind")
+    return config.load([arg for pair in args.config_args or () for arg in pair], overrides)
 
 
 def _check_auth(settings: config.Settings) -> None:
@@ -61,17 +62,17 @@ def _log_path(settings: config.Settings, program: str) -> str:
 
 
 def _logging(settings: config.Settings, program: str) -> None:
-    level = "DEBUG" if settings.get("DEFAULT", "debug") else str(settings.get("server", "log_level")).upper()
+    level = "DEBUG" if settings.get("DEFAULT", "debug") else settings.get("DEFAULT", "log_level").upper()
     path = _log_path(settings, program)
     # WatchedFileHandler reopens the file when logrotate moves it away.
     handler = ({"class": "logging.handlers.WatchedFileHandler", "filename": path} if path else
                {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"})
     quiet = {}
-    for pair in str(settings.get("DEFAULT", "default_log_levels")).split(","):
-        name, sep, quiet_level = pair.strip().partition("=")
-        if not sep or quiet_level.strip().upper() not in logging.getLevelNamesMapping():
-            raise StartupError(f"[DEFAULT] default_log_levels: expected LOGGER=LEVEL, got {pair.strip()!r}")
-        quiet[name.strip()] = {"level": quiet_level.strip().upper()}
+    for pair in settings.get("DEFAULT", "default_log_levels"):
+        name, _, quiet_level = pair.partition("=")
+        if quiet_level.upper() not in logging.getLevelNamesMapping():
+            raise StartupError(f"[DEFAULT] default_log_levels: no log level {quiet_level!r} (in {pair!r})")
+        quiet[name] = {"level": quiet_level.upper()}
     try:
         logging.config.dictConfig({
             "version": 1,
@@ -88,6 +89,8 @@ def _logging(settings: config.Settings, program: str) -> None:
     except ValueError as exc:  # a log file that cannot be opened, a level that does not exist
         cause = exc.__cause__
         raise StartupError(f"logging: {getattr(cause, 'strerror', None) or cause or exc}: {path}") from None
+    for note in settings.notes:
+        LOG.warning("configuration: %s", note)
 
 
 def _engine(settings, revision: str):
@@ -97,9 +100,9 @@ def _engine(settings, revision: str):
     from jeroboam.db.base import make_engine
 
     try:
-        url = settings.database_url  # makes data_dir for the embedded database
+        url = settings.database_url  # makes state_path for the embedded database
     except OSError as exc:
-        raise StartupError(f"[server] data_dir: {exc.strerror}: {exc.filename}") from None
+        raise StartupError(f"[DEFAULT] state_path: {exc.strerror}: {exc.filename}") from None
     try:
         engine = make_engine(url)
         shown = engine.url.render_as_string(hide_password=True)
@@ -137,35 +140,35 @@ def _start_worker(settings, engine, name=None):
     return worker
 
 
-def _check_exposure(settings, host: str) -> None:
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _check_exposure(settings, host: str, port: int) -> None:
     """noauth trusts identity headers, so anyone who can reach it is any project, admin
     included: it serves loopback only, unless the operator says otherwise."""
-    if settings.get("auth", "strategy") != "noauth" or settings.get("auth", "noauth_allow_remote"):
+    if settings.get("api", "auth_strategy") != "noauth" or settings.get("auth", "noauth_allow_remote"):
         return
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
     except OSError:
         addresses = set()
     if not addresses or not all(ipaddress.ip_address(a.split("%", 1)[0]).is_loopback for a in addresses):
-        raise StartupError(f"refusing to serve noauth on {settings.get('server', 'bind')}: without "
+        raise StartupError(f"refusing to serve noauth on {_host_port(host, port)}: without "
                            "authentication anyone who can reach the API acts as any project; bind to "
                            "127.0.0.1, use --auth keystone, or set [auth] noauth_allow_remote = true")
 
 
 def _listen_address(settings) -> tuple[str, int]:
-    """HOST and PORT of [server] bind, checked to be free now so that a conflict is one clear line."""
-    bind = str(settings.get("server", "bind"))
-    host, sep, port = bind.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise StartupError(f"[server] bind: expected HOST:PORT, got {bind!r}")
-    _check_exposure(settings, host)
+    """[api] host and port, checked to be free now so that a conflict is one clear line."""
+    host, port = settings.get("api", "host"), settings.get("api", "port")
+    _check_exposure(settings, host, port)
     try:
-        with socket.create_server((host, int(port)), family=socket.AF_INET6 if ":" in host else socket.AF_INET):
+        with socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET):
             pass
     except OSError as exc:
-        raise StartupError(f"cannot listen on {bind}: {exc.strerror or exc}") from None
-    return host, int(port)
+        raise StartupError(f"cannot listen on {_host_port(host, port)}: {exc.strerror or exc}") from None
+    return host, port
 
 
 def _announce_when_listening(host: str, port: int, database: str) -> None:
@@ -186,7 +189,7 @@ def _announce_when_listening(host: str, port: int, database: str) -> None:
 
 def _metrics_dir(settings, port: int) -> str:
     """A fresh directory where the API processes keep their request metrics (multiprocess mode)."""
-    path = Path(settings.get("server", "data_dir")) / "metrics" / str(port)
+    path = Path(settings.get("DEFAULT", "state_path")) / "metrics" / str(port)
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return str(path)
@@ -196,14 +199,14 @@ def _run_api(settings, engine) -> None:
     import uvicorn
 
     host, port = _listen_address(settings)
-    workers = int(settings.get("server", "api_workers"))
+    workers = settings.get("api", "workers")
     common = dict(host=host, port=port, loop="uvloop", http="httptools", access_log=False,
-                  log_level=str(settings.get("server", "log_level")).lower(), lifespan="off",
+                  log_level=settings.get("DEFAULT", "log_level").lower(), lifespan="off",
                   log_config=None)  # uvicorn's lines go through our handlers, not its own
     _announce_when_listening(host, port, engine.url.render_as_string(hide_password=True))
     if workers > 1:
-        # Child processes rebuild the settings from the environment.
-        os.environ.update(settings.as_env())
+        # Child processes rebuild the settings from the same files and the environment.
+        os.environ.update(settings.child_env())
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir(settings, port)
         uvicorn.run("jeroboam.cli.main:api_process_app", factory=True, workers=workers, **common)
     else:
@@ -213,8 +216,8 @@ def _run_api(settings, engine) -> None:
 
 
 def api_process_app():
-    """The app of one API worker process started by uvicorn: settings from the environment,
-    and logging set up there too, or its request lines would be lost."""
+    """The app of one API worker process started by uvicorn: settings as its parent had them
+    (Settings.child_env), and logging set up there too, or its request lines would be lost."""
     from jeroboam.api.app import create_app
 
     settings = config.load()
@@ -269,7 +272,9 @@ def cmd_db_upgrade(args) -> int:
 def _tasks(args) -> tasks.Tasks:
     import requests
 
-    url = args.url or os.environ.get("JEROBOAM_URL") or f"http://{_settings(args).get('server', 'bind')}"
+    if not (url := args.url or os.environ.get("JEROBOAM_URL")):
+        settings = _settings(args)
+        url = f"http://{_host_port(settings.get('api', 'host'), settings.get('api', 'port'))}"
     url = url.rstrip("/").removesuffix("/v1") + "/v1"
     headers = dict(tasks.HEADERS)
     if args.token:
@@ -316,14 +321,24 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--version", action="version", version=f"jeroboam {importlib.metadata.version('jeroboam')}")
     sub = top.add_subparsers(dest="command", required=True)
 
+    def config_files(p):
+        # oslo.config's own options, handed to it in the order given (a later file wins).
+        p.add_argument("--config-file", "--config", dest="config_args", action="append", metavar="FILE",
+                       type=lambda path: ("--config-file", path),
+                       help="configuration file (repeatable; default: /etc/jeroboam/jeroboam.conf)")
+        p.add_argument("--config-dir", dest="config_args", action="append", metavar="DIR",
+                       type=lambda path: ("--config-dir", path),
+                       help="directory of *.conf files (repeatable; default: /etc/jeroboam/jeroboam.conf.d)")
+
     def common(p, api=False, worker=False):
-        p.add_argument("--config", help="INI configuration file (see `jeroboam config sample`)")
-        p.add_argument("--database", help="SQLAlchemy URL, e.g. postgresql://user@host/db")
-        p.add_argument("--data-dir", help="where the embedded database and cluster state live")
+        config_files(p)
+        p.add_argument("--database", help="SQLAlchemy URL, e.g. postgresql://user@host/db ([database] connection)")
+        p.add_argument("--data-dir", help="where the embedded database and cluster state live "
+                                          "([DEFAULT] state_path)")
         if api:
-            p.add_argument("--bind", help="HOST:PORT to listen on (default 127.0.0.1:9511)")
+            p.add_argument("--bind", help="HOST:PORT to listen on ([api] host and port; default 127.0.0.1:9511)")
             p.add_argument("--api-workers", type=int, help="number of API processes")
-            p.add_argument("--auth", choices=["noauth", "keystone"], help="identity strategy")
+            p.add_argument("--auth", choices=["noauth", "keystone"], help="identity strategy ([api] auth_strategy)")
         if worker:
             p.add_argument("--threads", type=int, help="tasks run at once")
 
@@ -344,15 +359,16 @@ def parser() -> argparse.ArgumentParser:
     db_upgrade.set_defaults(func=cmd_db_upgrade)
     cfg = sub.add_parser("config", help="configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
-    cfg_sub.add_parser("sample", help="print a commented sample file").set_defaults(func=cmd_config_sample)
+    cfg_sub.add_parser("sample", help="print a commented sample file (as oslo-config-generator "
+                                      "--namespace jeroboam)").set_defaults(func=cmd_config_sample)
 
     task = sub.add_parser("task", help="follow tasks (as `openstack coe task` does)")
     task_sub = task.add_subparsers(dest="task_command", required=True)
 
     def client(p):
-        p.add_argument("--url", help="the API (default: $JEROBOAM_URL, else http://[server] bind)")
+        p.add_argument("--url", help="the API (default: $JEROBOAM_URL, else [api] host and port)")
         p.add_argument("--token", default=os.environ.get("OS_TOKEN"), help="Keystone token (default: $OS_TOKEN)")
-        p.add_argument("--config", help="INI configuration file, for [server] bind")
+        config_files(p)
     task_list = task_sub.add_parser("list", help="tasks, newest last")
     client(task_list)
     task_list.add_argument("--resource", help="only the tasks of this cluster, nodegroup or stack (uuid)")

@@ -131,8 +131,8 @@ def _load(disabled: frozenset[str]) -> dict[str, Driver]:
 
 
 class Registry:
-    def __init__(self, disabled: str = ""):
-        self.drivers = _load(frozenset(d.strip() for d in disabled.split(",") if d.strip()))
+    def __init__(self, disabled=()):
+        self.drivers = _load(frozenset(disabled))
 
     def by_name(self, name: str) -> Driver:
         try:

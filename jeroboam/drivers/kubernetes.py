@@ -2,15 +2,19 @@
 
 A cluster is one orchestration stack of the provider's network and nodes, as for Swarm. On
 those nodes the driver runs the Kubernetes binaries of ``[kubernetes] bin_dir`` (v1.20):
-masters run etcd (one member each), kube-apiserver on :6443, controller-manager (node podCIDRs)
-and scheduler; every node, masters included (tainted NoSchedule, as Magnum registers them),
-runs kubelet on its own dockerd (dockershim) with kubenet, and kube-proxy in iptables mode.
-The driver routes every node's podCIDR to it from every other node.
+masters run etcd (one member each), kube-apiserver on :6443, controller-manager and scheduler;
+every node, masters included (tainted NoSchedule, as Magnum registers them), runs kubelet on its
+own dockerd (dockershim) with kubenet, and kube-proxy in iptables mode. The driver gives each
+node its podCIDR (a function of its address, see kubernetes_conf.node_pod_cidr) and routes it
+to the node from every other node.
+
+A create overlaps what it can: the masters' etcd and API server start while the stack still
+starts the nodes' dockerds, kubelets while the API comes up; the rest once it answers.
 
 Labels: Magnum's ``kube_tag`` is ignored (one version: the binaries'), ``service_cluster_ip_range``
 and ``calico_ipv4pool``/``flannel_network_cidr`` (pod network), ``kubelet_options``,
 ``kubeapi_options``, ``kubecontroller_options``, ``kubescheduler_options``,
-``kubeproxy_options`` (extra flags), ``image_tarballs`` (as Swarm), ``auto_heal_enabled``.
+``kubeproxy_options`` (extra flags), ``image_tarballs`` (as Swarm), ``auto_healing_enabled``.
 See the README for the ones that mean cloud things and are ignored.
 """
 
@@ -20,9 +24,10 @@ import functools
 import ipaddress
 import shlex
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 
-from jeroboam.drivers.nodes import dead_nodes
+from jeroboam.drivers.nodes import dead_nodes, node_key
 from jeroboam.drivers.stack import ClusterStack, StackDriver, counts, live, parallel
 from jeroboam.drivers.swarm_health import HEALTHY, UNHEALTHY
 from jeroboam.infra import InfraError, Node, server_types, wait_until
@@ -30,7 +35,7 @@ from jeroboam.pki import KeyPair
 
 from . import kubernetes_conf as conf
 from . import kubernetes_nodes as knodes
-from .kubernetes_api import APIError, KubeAPI, ready_condition
+from .kubernetes_api import APIError, KubeAPI, ready_condition, schedulable
 
 API_TIMEOUT = 60
 NODES_TIMEOUT = 90
@@ -50,19 +55,23 @@ def version(bin_dir: str) -> str:
     return out.stdout.split()[-1]
 
 
+def _cidr(labels: dict, *keys: str, default: str) -> str:
+    for key in keys:
+        if labels.get(key):
+            return str(ipaddress.ip_network(labels[key]))
+    return default
+
+
+def pod_range(labels: dict) -> str:
+    return _cidr(labels, "calico_ipv4pool", "flannel_network_cidr", default=conf.DEFAULT_POD_CIDR)
+
+
 def cluster_spec(cluster_uuid: str, labels: dict, masters: list, bin_dir: str) -> conf.Spec:
-    def cidr(*keys, default):
-        for key in keys:
-            if labels.get(key):
-                return str(ipaddress.ip_network(labels[key]))
-        return default
     options = {component: shlex.split(str(labels[label]))
                for label, component in OPTION_LABELS.items() if labels.get(label)}
-    return conf.Spec(cluster_uuid, tuple(masters), bin_dir,
-                     pod_cidr=cidr("calico_ipv4pool", "flannel_network_cidr",
-                                   default=conf.DEFAULT_POD_CIDR),
-                     service_cidr=cidr("service_cluster_ip_range",
-                                       default=conf.DEFAULT_SERVICE_CIDR),
+    return conf.Spec(cluster_uuid, tuple(masters), bin_dir, pod_cidr=pod_range(labels),
+                     service_cidr=_cidr(labels, "service_cluster_ip_range",
+                                        default=conf.DEFAULT_SERVICE_CIDR),
                      options=options)
 
 
@@ -70,23 +79,28 @@ def wait_api(api: KubeAPI, timeout: float = API_TIMEOUT) -> None:
     wait_until(api.ready, timeout, "wait for the Kubernetes API", interval=0.1)
 
 
-def wait_nodes(api: KubeAPI, hostnames: set[str], wanted, what: str,
-               timeout: float = NODES_TIMEOUT) -> dict:
-    """Wait until every node is registered and ``wanted(node)``; hostname -> Node object."""
-    def check():
+def wait_ready(api: KubeAPI, cidrs: dict[str, str], timeout: float = NODES_TIMEOUT) -> None:
+    """Wait until every node (hostname -> its podCIDR) is registered, Ready and schedulable.
+    A registered node's spec gets the podCIDR its kubelet has used from the start."""
+    def check() -> bool:
         try:
             nodes = {n["metadata"]["name"]: n for n in api.nodes()}
+            for name, node in nodes.items():
+                if name in cidrs and not node["spec"].get("podCIDR"):
+                    api.patch_node(name, {"spec": {"podCIDR": cidrs[name],
+                                                   "podCIDRs": [cidrs[name]]}})
         except APIError:
-            return None
-        return nodes if all(h in nodes and wanted(nodes[h]) for h in hostnames) else None
+            return False
+        return all(h in nodes and schedulable(nodes[h]) for h in cidrs)
 
-    def detail():
+    def detail() -> str:
         try:
-            return ", ".join(f"{n['metadata']['name']}: podCIDR {n['spec'].get('podCIDR')}, "
-                             f"Ready {ready_condition(n)}" for n in api.nodes())
+            return ", ".join(f"{n['metadata']['name']}: Ready {ready_condition(n)}, "
+                             f"schedulable {schedulable(n)}" for n in api.nodes()) \
+                or "none registered"
         except APIError as exc:
             return str(exc)
-    return wait_until(check, timeout, f"wait for the nodes {what}", interval=0.1, detail=detail)
+    wait_until(check, timeout, "wait for the nodes to be Ready", interval=0.1, detail=detail)
 
 
 class _KubeStack(ClusterStack):
@@ -103,13 +117,24 @@ class _KubeStack(ClusterStack):
         self.groups = live(ctx.nodegroups())
         self.ca = ctx.ca()  # what certificates come from (a CA rotation sets the new one)
 
-    def layout(self) -> tuple[conf.Spec, list[tuple[Node, conf.Member]]]:
-        """The cluster's Kubernetes spec and (node, member) pairs, masters first."""
-        members = self.members(self.groups)
-        pairs = [(node, conf.Member(node.hostname, node.address, group.role == "master",
-                                    group.name))
-                 for group in sorted(self.groups, key=lambda g: g.role != "master")
-                 for node in members[group.uuid]]
+    def layout(self, members: dict[str, list[Node]] | None = None
+               ) -> tuple[conf.Spec, list[tuple[Node, conf.Member]]]:
+        """The cluster's Kubernetes spec and (node, member) pairs, masters first, of the
+        stack's nodes or of ``members`` (nodegroup uuid -> nodes)."""
+        members = members if members is not None else self.members(self.groups)
+        pods = pod_range(self.labels)
+        try:
+            pairs = [(node, conf.Member(node.hostname, node.address, group.role == "master",
+                                        group.name, conf.node_pod_cidr(pods, node.address)))
+                     for group in sorted(self.groups, key=lambda g: g.role != "master")
+                     for node in members.get(group.uuid, [])]
+        except ValueError as exc:
+            raise InfraError("lay out the cluster", str(exc)) from None
+        cidrs = [m.pod_cidr for _, m in pairs]
+        if len(set(cidrs)) != len(cidrs):
+            raise InfraError("lay out the cluster", f"node addresses "
+                             f"{', '.join(m.address for _, m in pairs)} give some nodes the "
+                             f"same podCIDR in {pods}")
         masters = [m for _, m in pairs if m.master]
         if not masters:
             raise InfraError("lay out the cluster", "no master node is up")
@@ -121,23 +146,52 @@ class _KubeStack(ClusterStack):
 
     # --- steps ------------------------------------------------------------------------
 
-    def configure(self, only_new: bool = False, previous_ca: KeyPair | None = None) -> None:
-        """Certificates, kubeconfigs and the pause image on every node (with ``only_new``:
-        on nodes whose kubelet never started)."""
+    def start_nodes(self) -> None:
+        """Run the stack; meanwhile, as soon as every master runs, their etcd and API server
+        start (they need no dockerd): the API comes up while the nodes' dockerds start and take
+        their images, and while the other nodes are configured."""
+        wanted = {(self.cluster.uuid, g.uuid, i): g for g in self.groups if g.role == "master"
+                  for i in range(g.node_count)}
+
+        def masters() -> dict[str, list[Node]] | None:
+            found = {key: n for n in self.provider.nodes() if (key := node_key(n)) in wanted}
+            if len(found) < len(wanted) or not all(self.provider.node_running(n.name)
+                                                   for n in found.values()):
+                return None
+            members = {}
+            for key in sorted(found):
+                members.setdefault(wanted[key].uuid, []).append(found[key])
+            return members
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            stack = pool.submit(self.run, "CREATE")
+            members = wait_until(lambda: stack.done() or masters(), NODES_TIMEOUT,
+                                 "wait for the masters to run", interval=0.05)
+            if members is not True:
+                spec, pairs = self.layout(members)
+                parallel(lambda p: self._start_control_plane(spec, *p), pairs)
+            stack.result()
+
+    def _start_control_plane(self, spec: conf.Spec, node: Node, member: conf.Member) -> None:
+        if not _configured(node):
+            knodes.put_files(node, spec, member, self.ca)
+        knodes.start(node, knodes.processes(node, spec, member), knodes.API)
+
+    def configure(self, previous_ca: KeyPair | None = None) -> None:
+        """Certificates and kubeconfigs on every node that runs nothing of Kubernetes yet (a
+        master whose control plane started early has them), the pause image on all."""
         version(self.bin_dir)  # fail early, and clearly, without binaries
         spec, pairs = self.layout()
-        if only_new:
-            pairs = [(n, m) for n, m in pairs if not _started(n)]
 
         def prepare(pair):
             node, member = pair
-            knodes.put_files(node, spec, member, self.ca, previous_ca)
+            if not _configured(node):
+                knodes.put_files(node, spec, member, self.ca, previous_ca)
             knodes.import_pause(node, self.pause)
         parallel(prepare, pairs)
 
-    def start(self, names=knodes.CONTROL_PLANE + knodes.NODE_AGENTS) -> None:
-        """Start the processes ``names`` on every node that runs them. Kubelets may start with
-        the control plane: they register as soon as the API answers."""
+    def start(self, names) -> None:
+        """Start the processes ``names`` on every node that runs them (those running stay)."""
         spec, pairs = self.layout()
         parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]), names), pairs)
 
@@ -145,20 +199,14 @@ class _KubeStack(ClusterStack):
         wait_api(self.api(), API_TIMEOUT * self.provider.time_scale)
 
     def route_pods(self) -> None:
-        """Once every node has its podCIDR: a route to each from every other node."""
+        """A route from every node to each other node's podCIDR."""
         spec, pairs = self.layout()
-        registered = wait_nodes(self.api(spec), {m.hostname for _, m in pairs},
-                                lambda n: n["spec"].get("podCIDR"), "to have a podCIDR",
-                                NODES_TIMEOUT * self.provider.time_scale)
-        address = {m.hostname: m.address for _, m in pairs}
-        cidrs = {h: registered[h]["spec"]["podCIDR"] for h in address}
         parallel(lambda p: knodes.route_pods(
-            p[0], {cidrs[h]: address[h] for h in address if h != p[1].hostname}, spec.pod_cidr),
-                 pairs)
+            p[0], {m.pod_cidr: m.address for _, m in pairs if m != p[1]}, spec.pod_cidr), pairs)
 
     def wait_ready(self) -> None:
         spec, pairs = self.layout()
-        wait_nodes(self.api(spec), {m.hostname for _, m in pairs}, ready_condition, "to be Ready",
+        wait_ready(self.api(spec), {m.hostname: m.pod_cidr for _, m in pairs},
                    NODES_TIMEOUT * self.provider.time_scale)
 
     def drain(self, names: list[str]) -> None:
@@ -196,6 +244,11 @@ def _started(node: Node) -> bool:
     return node.process_pid("kubelet") is not None
 
 
+def _configured(node: Node) -> bool:
+    """Whether the node has its files: its kubelet or (a master) its etcd runs."""
+    return _started(node) or node.process_pid("etcd") is not None
+
+
 def dead(provider, nodes: list[Node]) -> list[Node]:
     """Nodes whose dockerd is gone or whose kubelet is not running."""
     down = dead_nodes(provider, nodes)
@@ -222,10 +275,10 @@ def assess(api: KubeAPI) -> tuple[str, dict]:
     return (HEALTHY if healthy else UNHEALTHY), reason
 
 
-CREATE_STEPS = ["create stack", "start nodes", "configure nodes", "start kubernetes",
-                "wait for the API", "route pods", "wait for nodes", "report addresses"]
+CREATE_STEPS = ["create stack", "start nodes", "configure nodes", "route pods", "start kubelets",
+                "wait for the API", "start controllers", "wait for nodes", "report addresses"]
 CONVERGE_STEPS = ["choose nodes", "drain nodes", "update nodes", "configure nodes",
-                  "start kubelets", "route pods", "wait for nodes", "report addresses"]
+                  "route pods", "start kubelets", "wait for nodes", "report addresses"]
 
 
 class KubernetesDriver(StackDriver):
@@ -240,11 +293,12 @@ class KubernetesDriver(StackDriver):
         s = _KubeStack(ctx)
         ctx.plan(CREATE_STEPS)
         ctx.run_step("create stack", lambda: s.create(s.groups))
-        ctx.run_step("start nodes", lambda: s.run("CREATE"))
+        ctx.run_step("start nodes", s.start_nodes)
         ctx.run_step("configure nodes", s.configure)
-        ctx.run_step("start kubernetes", s.start)
-        ctx.run_step("wait for the API", s.wait_api)
         ctx.run_step("route pods", s.route_pods)
+        ctx.run_step("start kubelets", lambda: s.start(knodes.BEFORE_API))
+        ctx.run_step("wait for the API", s.wait_api)
+        ctx.run_step("start controllers", lambda: s.start(knodes.AFTER_API))
         ctx.run_step("wait for nodes", s.wait_ready)
         ctx.run_step("report addresses", s.report)
 
@@ -256,8 +310,10 @@ class KubernetesDriver(StackDriver):
         old_ca, s.ca = s.ca, new_ca  # the cluster's CA is the old one until the task's end
         s.update(s.groups, {"ca_cert": new_ca.cert_pem, "ca_key": new_ca.key_pem})
         s.configure(previous_ca=old_ca)
-        s.start()
+        s.route_pods()  # restarted nodes keep their network namespace; routes are checked
+        s.start(knodes.BEFORE_API)
         s.wait_api()
+        s.start(knodes.AFTER_API)
         s.wait_ready()
 
     def periodic_tasks(self, settings):
@@ -274,8 +330,8 @@ class KubernetesDriver(StackDriver):
         if images is not None:
             params["images"] = images
         ctx.run_step("update nodes", lambda: s.update(s.groups, params))
-        ctx.run_step("configure nodes", lambda: s.configure(only_new=True))
-        ctx.run_step("start kubelets", lambda: s.start(knodes.NODE_AGENTS))
+        ctx.run_step("configure nodes", s.configure)
         ctx.run_step("route pods", s.route_pods)
+        ctx.run_step("start kubelets", lambda: s.start(knodes.NODE_AGENTS))
         ctx.run_step("wait for nodes", s.wait_ready)
         ctx.run_step("report addresses", s.report)

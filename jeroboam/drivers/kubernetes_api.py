@@ -17,6 +17,7 @@ import urllib.request
 from jeroboam.pki import KeyPair, issue_client_cert
 
 ADMIN_USER = "jeroboam"
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 
 
 class APIError(RuntimeError):
@@ -119,3 +120,10 @@ def ready_condition(node: dict) -> bool:
         if cond.get("type") == "Ready":
             return cond.get("status") == "True"
     return False
+
+
+def schedulable(node: dict) -> bool:
+    """Ready, and seen so by the node controller: the ``not-ready`` taint every node registers
+    with (pods are not scheduled there) is gone."""
+    return ready_condition(node) and not any(
+        t.get("key") == NOT_READY_TAINT for t in node.get("spec", {}).get("taints") or [])

@@ -27,6 +27,9 @@ CLUSTER_DOMAIN = "cluster.local"
 # Magnum's defaults for these labels
 DEFAULT_POD_CIDR = "10.100.0.0/16"
 DEFAULT_SERVICE_CIDR = "10.254.0.0/16"
+# Each node's share of the pod range: a /24, or 1/256 of a range smaller than a /16, which must
+# then be at least a /20 (16 addresses a node).
+NODE_CIDR_PREFIX, MIN_POD_RANGE_PREFIX = 24, 20
 # Values a v1.20 kubelet insists on for host-wide sysctls (setupKernelTunables). Each kubelet
 # reads them from files bind-mounted over /proc/sys in its node's mount namespace, finds them
 # as it wants them and leaves the host's own untouched.
@@ -48,6 +51,23 @@ class Member:
     address: str
     master: bool
     nodegroup: str = ""
+    pod_cidr: str = ""  # its podCIDR (see node_pod_cidr)
+
+
+def node_pod_cidr(pod_range: str, address: str) -> str:
+    """The node's podCIDR, a function of its address: the subnet of the pod range numbered by
+    the address's last bits (8 of them for a /16 range). The driver sets it itself, before the
+    kubelet starts: the controller-manager's allocator waits 10 s before it looks at any node,
+    and the controllers it starts after that wait with it. A node that later gets a dead node's
+    address gets its podCIDR too, as the routes to it already say."""
+    network = ipaddress.ip_network(pod_range)
+    if network.prefixlen > MIN_POD_RANGE_PREFIX:
+        raise ValueError(f"pod network {pod_range} is too small: a /{MIN_POD_RANGE_PREFIX} "
+                         "or larger is needed")
+    prefix = max(NODE_CIDR_PREFIX, network.prefixlen + 8)
+    index = int(ipaddress.ip_address(address)) % 2 ** (prefix - network.prefixlen)
+    start = int(network.network_address) + (index << (network.max_prefixlen - prefix))
+    return str(ipaddress.ip_network((start, prefix)))
 
 
 @dataclass(frozen=True)
@@ -130,7 +150,7 @@ def node_files(spec: Spec, member: Member, ca: KeyPair, root: str,
     docker = issue_client_cert(ca, f"kubelet-{member.hostname}")
     files.update({"pki/docker/ca.pem": ca.cert_pem, "pki/docker/cert.pem": docker.cert_pem,
                   "pki/docker/key.pem": docker.key_pem})
-    files["kubelet.yaml"] = _kubelet_config(root)
+    files["kubelet.yaml"] = _kubelet_config(root, member.pod_cidr)
     for path, value in KUBELET_SYSCTLS.items():
         files[f"sysctl/{path.replace('/', '.')}"] = value + "\n"
     if member.master:
@@ -146,12 +166,15 @@ def node_files(spec: Spec, member: Member, ca: KeyPair, root: str,
         pair("apiserver-etcd-client", issue_client_cert(ca, "kube-apiserver-etcd-client"))
         pair("etcd", issue_server_cert(ca, member.hostname, [member.address, "127.0.0.1"],
                                        [member.hostname, "localhost"]))
-        client("controller-manager.kubeconfig", "system:kube-controller-manager")
+        # its controllers share its identity: with one service account each, every controller
+        # waits for its token in turn (seconds at start-up); it holds the CA and service
+        # account keys, so the group gives it nothing it could not sign for itself
+        client("controller-manager.kubeconfig", "system:kube-controller-manager", "system:masters")
         client("scheduler.kubeconfig", "system:kube-scheduler")
     return files
 
 
-def _kubelet_config(root: str) -> str:
+def _kubelet_config(root: str, pod_cidr: str) -> str:
     return yaml.safe_dump({
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
         "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
@@ -162,11 +185,19 @@ def _kubelet_config(root: str) -> str:
         "cgroupDriver": "cgroupfs",
         # no cluster DNS exists here (see README); pods keep no resolver rather than the host's
         "clusterDomain": CLUSTER_DOMAIN, "resolvConf": "",
+        # kubenet's range from the start: the node is Ready as soon as it registers
+        "podCIDR": pod_cidr,
         "failSwapOn": False, "protectKernelDefaults": False,
         "nodeStatusUpdateFrequency": "2s", "nodeLeaseDurationSeconds": 4,
         "serializeImagePulls": False, "staticPodPath": "",
         "syncFrequency": "10s", "fileCheckFrequency": "10s",
     }, sort_keys=False)
+
+
+# The controller-manager and the scheduler serve nothing (their health and metrics ports are
+# not used here): no self-signed certificate outside the cluster CA, and no lookup of the
+# API's authentication settings, which fails and ends them while the API is starting.
+_NOT_SERVING = ("--port", "0", "--secure-port", "0", "--profiling=false")
 
 
 def _extra(spec: Spec, component: str) -> list[str]:
@@ -219,30 +250,26 @@ def apiserver_argv(spec: Spec, member: Member, root: str) -> list[str]:
 
 
 def controller_manager_argv(spec: Spec, member: Member, root: str) -> list[str]:
-    pki, kc = f"{root}/pki", f"{root}/controller-manager.kubeconfig"
+    pki = f"{root}/pki"
     return [
         f"{spec.bin_dir}/kube-controller-manager",
-        "--kubeconfig", kc, "--authentication-kubeconfig", kc, "--authorization-kubeconfig", kc,
-        "--bind-address", "127.0.0.1", "--port", "0", "--cert-dir", f"{root}/controller-manager",
+        "--kubeconfig", f"{root}/controller-manager.kubeconfig", *_NOT_SERVING,
         "--cluster-signing-cert-file", f"{pki}/ca.pem", "--cluster-signing-key-file", f"{pki}/ca-key.pem",
         "--root-ca-file", f"{pki}/ca.pem", "--service-account-private-key-file", f"{pki}/ca-key.pem",
-        "--use-service-account-credentials",
-        "--allocate-node-cidrs", "--cluster-cidr", spec.pod_cidr, "--node-cidr-mask-size", "24",
-        "--service-cluster-ip-range", spec.service_cidr,
+        "--use-service-account-credentials=false",
+        # podCIDRs are the driver's (node_pod_cidr)
+        "--allocate-node-cidrs=false", "--service-cluster-ip-range", spec.service_cidr,
         f"--leader-elect={str(len(spec.masters) > 1).lower()}",
         "--node-monitor-period", "1s", "--node-monitor-grace-period", NODE_GRACE,
-        "--profiling=false",
         *_extra(spec, "kube-controller-manager"),
     ]
 
 
 def scheduler_argv(spec: Spec, member: Member, root: str) -> list[str]:
-    kc = f"{root}/scheduler.kubeconfig"
     return [
         f"{spec.bin_dir}/kube-scheduler",
-        "--kubeconfig", kc, "--authentication-kubeconfig", kc, "--authorization-kubeconfig", kc,
-        "--bind-address", "127.0.0.1", "--port", "0", "--cert-dir", f"{root}/scheduler",
-        f"--leader-elect={str(len(spec.masters) > 1).lower()}", "--profiling=false",
+        "--kubeconfig", f"{root}/scheduler.kubeconfig", *_NOT_SERVING,
+        f"--leader-elect={str(len(spec.masters) > 1).lower()}",
         *_extra(spec, "kube-scheduler"),
     ]
 
@@ -254,7 +281,9 @@ def kubelet_env(root: str, docker_api: str) -> dict[str, str]:
             "DOCKER_CERT_PATH": f"{root}/pki/docker"}
 
 
-def kubelet_argv(spec: Spec, member: Member, root: str, cgroup_root: str) -> list[str]:
+def kubelet_argv(spec: Spec, member: Member, root: str, cgroup_root: str,
+                 docker_api: str) -> list[str]:
+    docker = f"{root}/pki/docker"
     labels = f"{ROLE_LABEL}={'master' if member.master else 'worker'}"
     if member.nodegroup:
         labels += f",{NODEGROUP_LABEL}={member.nodegroup}"
@@ -267,6 +296,10 @@ def kubelet_argv(spec: Spec, member: Member, root: str, cgroup_root: str) -> lis
         "--cgroup-root", cgroup_root,
         # empty: the endpoint comes from kubelet_env
         "--container-runtime", "docker", "--docker-endpoint", "",
+        # cAdvisor (container statistics) has a Docker client of its own: the same endpoint
+        # (left alone it looks for /var/run/docker.sock, and waits 5 s for it at every start)
+        "--docker", docker_api, "--docker-tls", "--docker-tls-ca", f"{docker}/ca.pem",
+        "--docker-tls-cert", f"{docker}/cert.pem", "--docker-tls-key", f"{docker}/key.pem",
         "--experimental-dockershim-root-directory", f"{root}/dockershim",
         "--container-runtime-endpoint", f"unix://{root}/dockershim.sock",
         "--image-service-endpoint", f"unix://{root}/dockershim.sock",

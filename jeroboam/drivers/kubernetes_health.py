@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from jeroboam import states
 from jeroboam.db.models import Cluster, ClusterTemplate, NodeGroup
 from jeroboam.drivers.nodes import node_key
-from jeroboam.drivers.swarm_health import AUTO_HEAL_LABEL, HEALTHY, WATCHED, Monitor as SwarmMonitor
+from jeroboam.drivers.swarm_health import HEALTHY, WATCHED, Monitor as SwarmMonitor, auto_heal
 from jeroboam.infra import provider_for
 from jeroboam.pki import KeyPair
 
@@ -49,7 +49,7 @@ class Monitor(SwarmMonitor):
         results = parallel(check, clusters)
         heal = [c for c, (status, _) in zip(clusters, results)
                 if status != HEALTHY and c.status in states.STABLE_STATUSES
-                and str(c.labels.get(AUTO_HEAL_LABEL)).lower() == "true"]
+                and auto_heal(c.labels)]
         for cluster, (status, reason) in zip(clusters, results):
             if (status, reason) != (cluster.health_status, cluster.health_status_reason):
                 with session_factory() as session, session.begin():

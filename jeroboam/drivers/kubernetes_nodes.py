@@ -17,8 +17,15 @@ from jeroboam.infra import InfraError, Mount, Node, ProcessSpec
 from . import kubernetes_conf as conf
 
 ROOT = "k8s"  # the node's Kubernetes directory, inside its file area
-CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+API = ("etcd", "kube-apiserver")
+CONTROL_PLANE = API + ("kube-controller-manager", "kube-scheduler")
 NODE_AGENTS = ("kubelet", "kube-proxy")
+# What a cluster starts before its API answers: the controller-manager (it waits for the API
+# itself; nodes are schedulable once it has seen them Ready) and kubelets (they register as
+# soon as the API answers). The scheduler and kube-proxy start once it does: their informers
+# would back off for up to 30 s while it does not.
+BEFORE_API = API + ("kube-controller-manager", "kubelet")
+AFTER_API = ("kube-scheduler", "kube-proxy")
 
 
 def root(node: Node) -> str:
@@ -71,7 +78,7 @@ def processes(node: Node, spec: conf.Spec, member: conf.Member,
                            ("kube-controller-manager", conf.controller_manager_argv(spec, member, base)),
                            ("kube-scheduler", conf.scheduler_argv(spec, member, base))):
             procs.append(ProcessSpec(name, tuple(argv), restart=True))
-    kubelet = conf.kubelet_argv(spec, member, base, cgroup_root(node))
+    kubelet = conf.kubelet_argv(spec, member, base, cgroup_root(node), node.api_address)
     procs.append(ProcessSpec("kubelet", tuple(kubelet), conf.kubelet_env(base, node.api_address),
                              mounts=_mounts(node)))
     procs.append(ProcessSpec("kube-proxy", tuple(conf.kube_proxy_argv(spec, member, base)),

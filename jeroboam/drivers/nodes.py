@@ -52,7 +52,7 @@ def reconcile(provider: Provider, session_factory) -> None:
         ).all()
         worked_on = queue.worked_on(session)
     if not clusters and not resources and not provider.has_state():
-        return  # never used here: no need for root, dockerd, a short data_dir...
+        return  # never used here: no need for root, dockerd, a short state_path...
     provider.setup()
     busy = {c.uuid for c in clusters if c.status in states.IN_PROGRESS_STATUSES or c.uuid in worked_on}
     broken = {c.stack_id for c in clusters if c.status in BROKEN and c.uuid not in busy}

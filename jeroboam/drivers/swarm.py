@@ -9,8 +9,8 @@ parallel), make the swarm match, report addresses. Steps are idempotent, so a wo
 task over resumes it.
 
 Labels: ``image_tarballs`` (``FILE[=NAME],...``: tarballs in the provider's images directory,
-``<data_dir>/local/images``, imported into every node besides busybox; NAME for a root file
-system tarball; an upgrade to a template naming others imports them), ``auto_heal_enabled``
+``<state_path>/local/images``, imported into every node besides busybox; NAME for a root file
+system tarball; an upgrade to a template naming others imports them), ``auto_healing_enabled``
 (see swarm_health).
 """
 

@@ -20,11 +20,17 @@ from jeroboam.tasks import queue
 LOG = logging.getLogger("jeroboam.drivers.swarm")
 
 HEALTHY, UNHEALTHY, UNKNOWN = "HEALTHY", "UNHEALTHY", "UNKNOWN"
-AUTO_HEAL_LABEL = "auto_heal_enabled"
+# Magnum's label, and the name this project used first (still honoured)
+AUTO_HEAL_LABELS = ("auto_healing_enabled", "auto_heal_enabled")
 # Clusters whose nodes no task is changing; the monitor looks only at these.
 WATCHED = states.STABLE_STATUSES | {states.UPDATE_FAILED}
 MONITOR_INTERVAL = 3.0  # seconds; a dead node shows down in swarm after about 5 s
 CLIENT_TIMEOUT = 3  # seconds; a monitor round must not hang on one stuck dockerd
+
+
+def auto_heal(labels: dict) -> bool:
+    """Whether the cluster's labels ask for auto-heal."""
+    return any(str(labels.get(label)).lower() == "true" for label in AUTO_HEAL_LABELS)
 
 
 def swarm_view(managers: list[Node]) -> list[swarm.SwarmNode] | None:
@@ -63,7 +69,7 @@ def assess(provider: Provider, managers: list[Node],
 
 class Monitor:
     """One round every few seconds, in every worker: health of each watched cluster of the
-    driver; with the ``auto_heal_enabled`` label, a cluster with dead nodes gets a
+    driver; with the ``auto_healing_enabled`` label, a cluster with dead nodes gets a
     cluster.update task (durable, visible in the Tasks API) that replaces them."""
 
     __name__ = "health_monitor"  # names the worker's thread
@@ -82,7 +88,7 @@ class Monitor:
             ).all()
             if not clusters:
                 return
-            # made only now: a worker whose data_dir cannot hold the provider's state still runs
+            # made only now: a worker whose state_path cannot hold the provider's state still runs
             providers = {t: provider_for(t, self.settings)
                          for t in {c.server_type for c in clusters}}
             roles = dict(session.execute(
@@ -101,7 +107,7 @@ class Monitor:
                 with session_factory() as session, session.begin():
                     session.execute(sa.update(Cluster).where(Cluster.uuid == cluster.uuid)
                                     .values(health_status=status, health_status_reason=reason))
-            if status != HEALTHY and str(cluster.labels.get(AUTO_HEAL_LABEL)).lower() == "true":
+            if status != HEALTHY and auto_heal(cluster.labels):
                 dead = dead_nodes(provider, members)
                 if dead and cluster.status in states.STABLE_STATUSES:
                     self.heal(session_factory, cluster.uuid, dead)

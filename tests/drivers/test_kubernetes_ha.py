@@ -2,13 +2,14 @@
 answers and still writes (etcd keeps its quorum)."""
 
 import json
+import subprocess
 
 import pytest
 import yaml
 
-from tests.drivers.conftest import nodes_of, wait_status
-from tests.drivers.test_kubernetes import (delete_leaves_the_host_as_it_was, kube_cluster,
-                                           kubeconfig_of, kubectl, ready_nodes)
+from tests.drivers.conftest import nodes_of, wait_for, wait_status
+from tests.drivers.test_kubernetes import (KUBECTL, delete_leaves_the_host_as_it_was,
+                                           kube_cluster, kubeconfig_of, kubectl, ready_nodes)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,15 @@ def test_three_masters_survive_losing_one(service, magnum, cluster, tmp_path):
     kc["clusters"][0]["cluster"]["server"] = f"https://{other.address}:6443"
     moved = tmp_path / "config-master-1"
     moved.write_text(yaml.safe_dump(kc))
-    kubectl(str(moved), "create", "configmap", "after-loss", "--from-literal=k=v")
+    # if it led etcd, the other two elect a leader first (a second or two): writes fail until then
+    def write() -> bool:
+        out = subprocess.run([KUBECTL, "--kubeconfig", str(moved), "create", "configmap",
+                              "after-loss", "--from-literal=k=v"], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0 or "leader changed" in out.stderr \
+            or "timed out" in out.stderr, out.stderr
+        return out.returncode == 0
+    wait_for(write, 30, "a write after the election", interval=0.5)
     got = json.loads(kubectl(str(moved), "get", "configmap", "after-loss", "-o", "json"))
     assert got["data"] == {"k": "v"}
     assert set(ready_nodes(str(moved))) == {"ha-master-0", "ha-master-1", "ha-master-2",

@@ -43,7 +43,7 @@ def test_a_failing_step_names_itself_and_leaves_nothing(service, magnum, new_clu
     assert steps["start nodes"]["state"] == "FAILED" and steps["form swarm"]["state"] == "PENDING"
     assert "must be in" in steps["start nodes"]["error"]
     # the project reads where the images are, not where the service keeps its state
-    assert "<data_dir>/local/images" in failed.status_reason
+    assert "<state_path>/local/images" in failed.status_reason
     stack_events = service.api().get(f"/v1/stacks/{stack_id_of(cluster)}/events").text
     for text in (failed.status_reason, steps["start nodes"]["error"], stack_events):
         assert str(service.data) not in text

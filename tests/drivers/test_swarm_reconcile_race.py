@@ -57,7 +57,9 @@ def test_a_worker_starting_during_a_create_leaves_its_nodes_alone(service, magnu
             wait_for(reconciled, 60, "w2 started")
             running = api.get(f"/v1/tasks/{task['uuid']}").json()["task"]
             assert (running["state"], running["worker"]) == ("RUNNING", "w1")
-            assert dockerd_pids(nodes_of(service, cluster)) == before
+            # none removed or restarted (a node still starting when w1 stopped may add its own)
+            now = dockerd_pids(nodes_of(service, cluster))
+            assert {name: now.get(name) for name in before} == before
         finally:
             service.procs["w1"].proc.send_signal(signal.SIGCONT)
 

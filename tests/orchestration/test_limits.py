@@ -90,6 +90,6 @@ def test_resource_type_rules_default_by_plugin_and_yield_to_the_policy_file(tmp_
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text('"resource_types:OS::Heat::RandomString": "!"\n'
                            '"resource_types:Jeroboam::Local::Network": "role:member"\n')
-    custom = Policy(str(policy_file))
+    custom = Policy(config.load(environ={"JEROBOAM_OSLO_POLICY_POLICY_FILE": str(policy_file)}).conf)
     assert not custom.allows("resource_types:OS::Heat::RandomString", member)
     assert custom.allows("resource_types:Jeroboam::Local::Network", member)

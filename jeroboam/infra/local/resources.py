@@ -36,7 +36,7 @@ POLL = 0.05  # seconds between checks; a node starts in about 0.3 s
 class ProcessProviders:
     """A provider's one instance per state directory in this process, and the one its
     orchestration resources act through (the one :meth:`configure` gave last). ``make(state,
-    settings)`` builds one on ``<data_dir>/<subdir>``."""
+    settings)`` builds one on ``<state_path>/<subdir>``."""
 
     def __init__(self, subdir: str, make):
         self.subdir, self.make = subdir, make
@@ -46,12 +46,12 @@ class ProcessProviders:
 
     def configure(self, settings):
         """The provider of these settings (one per process), also the one the resources use."""
-        state = str(Path(settings.get("server", "data_dir")) / self.subdir)
+        state = str(Path(settings.get("DEFAULT", "state_path")) / self.subdir)
         with self._lock:
             if state not in self._providers:
                 try:
                     self._providers[state] = self.make(state, settings)
-                except ValueError as exc:  # e.g. a data_dir too long for unix socket paths
+                except ValueError as exc:  # e.g. a state_path too long for unix socket paths
                     raise InfraError(f"set up the {self.subdir} provider", str(exc)) from None
             self._current = self._providers[state]
             return self._current
@@ -96,7 +96,7 @@ class _LocalResource(Resource):
     # the provider acting for these resources, and how its state directory is shown
     # (subclasses for other providers override both)
     provider = staticmethod(current)
-    state_label = "<data_dir>/local"
+    state_label = "<state_path>/local"
 
     def failure_text(self, exc):
         # where the provider keeps its state is the operator's business, not the stack's project's

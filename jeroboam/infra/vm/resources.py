@@ -24,7 +24,7 @@ class Network(local.Network):
 
     type_name = NETWORK_TYPE
     provider = staticmethod(current)
-    state_label = "<data_dir>/vm"
+    state_label = "<state_path>/vm"
     attributes_schema = {**local.Network.attributes_schema,
                          "name": "The network namespace's name."}
 
@@ -36,7 +36,7 @@ class Node(local.Node):
 
     type_name = NODE_TYPE
     provider = staticmethod(current)
-    state_label = "<data_dir>/vm"
+    state_label = "<state_path>/vm"
     # a boot under TCG on a busy host; counted across retries
     start_timeout = 300
     delete_timeout = 60

@@ -119,8 +119,7 @@ def check_endpoint(endpoint: str, settings, where: str) -> None:
         raise TemplateError(where, f"host {url.hostname} cannot be resolved") from None
     if any(_is_host_address(ipaddress.ip_address(info[4][0].split("%")[0])) for info in infos):
         raise TemplateError(where, "is an address of the service's own host, which templates may not use")
-    listed = str(settings.get("orchestration", "docker_endpoints") if settings else "")
-    if endpoint not in {e.strip() for e in listed.split(",")}:
+    if endpoint not in (settings.get("orchestration", "docker_endpoints") if settings else ()):
         raise TemplateError(where, "is not an endpoint the operator allows ([orchestration] "
                             "docker_endpoints); use `cluster` to run on a cluster of this project")
 

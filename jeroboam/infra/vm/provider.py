@@ -457,7 +457,7 @@ class VmProvider(NodeStore):
                 host.run(["ip", "-n", net.name, "link", "del", tap], "remove old tap")
             _ip_batch(net.name, [f"tuntap add dev {tap} mode tap",
                                  f"link set {tap} master br0 up"], f"tap of {info.name}")
-            for stale in ("qemu.pid", "agent.sock"):
+            for stale in ("qemu.pid", "agent.sock", "agent.up"):
                 (d / stale).unlink(missing_ok=True)
             accel = self.acceleration()["accel"]
             argv = ["nsenter", f"--net={ns}", QEMU, "-name", f"{info.name},process={info.name}",
@@ -522,15 +522,19 @@ class VmProvider(NodeStore):
     # --- the guest agent ---------------------------------------------------------------
 
     def agent(self, info: VmNode, request: dict, timeout: float, step: str) -> dict:
-        """One request to the node's agent (virtio-serial, one host connection at a time)."""
+        """One request to the node's agent (virtio-serial, one host connection at a time).
+        Until the agent first answers after a boot, a request waits for the guest to boot (a
+        driver may act on a node as soon as its VM runs)."""
         request = {**request, "id": uuid.uuid4().hex}
-        deadline = time.monotonic() + timeout
+        up = Path(info.state_dir) / "agent.up"
+        booting = not up.exists()
+        deadline = time.monotonic() + max(timeout, self.start_timeout if booting else 0)
         try:
             with open(Path(info.state_dir) / "agent.lock", "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                    s.settimeout(timeout)
-                    s.connect(f"{info.state_dir}/agent.sock")
+                    self._connect(info, s, deadline if booting else time.monotonic())
+                    s.settimeout(max(deadline - time.monotonic(), 1))
                     s.sendall(json.dumps(request).encode() + b"\n")
                     with s.makefile("rb") as f:
                         while time.monotonic() < deadline:
@@ -550,7 +554,20 @@ class VmProvider(NodeStore):
                              f"({exc})") from None
         if not answer or "error" in answer:
             raise InfraError(step, f"{info.hostname}: {answer.get('error', 'no answer')}")
+        if booting:
+            up.touch()
         return answer
+
+    def _connect(self, info: VmNode, s: socket.socket, deadline: float) -> None:
+        """Connect to the agent's socket, which QEMU makes as it starts: until ``deadline``
+        while the VM runs."""
+        while True:
+            try:
+                return s.connect(f"{info.state_dir}/agent.sock")
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() >= deadline or self._qemu_pid(info.name) is None:
+                    raise
+                time.sleep(0.2)
 
     # --- nodes: restart, delete --------------------------------------------------------
 

@@ -1,11 +1,16 @@
 """The ``vm`` infrastructure provider: every node is a QEMU virtual machine with its own kernel.
 
-Why QEMU directly and not libvirt (which the issue prefers): Debian's libvirt needs its daemon
-running as a system service (libvirtd/virtqemud with its own state, dnsmasq-based networks and
-a polkit/socket set-up), and there was no time in this change to prove it under the test
-harness and clean it up after tests; the QEMU flags below are what libvirt's DAC and seccomp
-confinement give (unprivileged ``nobody``, seccomp sandbox, no capabilities). Moving the
-``_qemu_argv`` part to libvirt domain XML later keeps the rest of this module.
+Why QEMU directly and not libvirt (which the issue prefers), as tried on this kind of host
+(Debian 12, libvirt 9.0, no systemd): libvirtd and virtlogd run when started by hand and do
+boot a ``microvm`` domain with virtio-mmio disks, net and serial (once the domain turns ACPI
+on and drops the USB controller and PCI balloon, else "No PCI buses available"), QEMU as
+``libvirt-qemu`` with no capabilities under seccomp. But libvirtd starts QEMU in its own
+network namespace, so a node's tap cannot sit in its cluster's namespace as here: the
+isolation below would become bridges and firewall rules in the host's namespace, which every
+installation on the host shares; and nothing here would supervise the two daemons. The QEMU
+flags below give what libvirt's DAC and seccomp confinement give (unprivileged ``nobody``,
+seccomp sandbox, no capabilities); :meth:`VmProvider._start` is the part a libvirt domain
+would replace.
 
 A *network* is a network namespace of the cluster's own holding a bridge (``br0``, the
 cluster's gateway ``.1`` of a /24). The host reaches it over a veth pair: the host end routes
@@ -14,9 +19,8 @@ replies back out (iptables inside the namespace): a node reaches neither the hos
 nor another cluster's nodes. A *node* is a tap on that bridge, a qcow2 overlay on the shared
 root image (scripts/build-vm-images.sh), a config disk (a tar: address, hostname, dockerd's
 TLS certificate, the guest's init and agent) and one QEMU process, run in the namespace as
-``nobody`` under seccomp with ``-daemonize``: its parent exits once QEMU is up, so no worker
-is its parent and no zombie is left (the host's init reaps it, as with the local provider's
-supervisors).
+``nobody`` under seccomp, started by ``setsid --fork``: no worker is its parent and no zombie
+is left (the host's init reaps it, as with the local provider's supervisors).
 
 Inside, the guest runs the local provider's node supervisor (nodeinit.py) under a small agent
 (agent.py) reached over virtio-serial: ``Node.run``, ``put_file``, ``start_process``... go

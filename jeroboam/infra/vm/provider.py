@@ -304,8 +304,10 @@ class VmProvider(NodeStore):
 
     @property
     def time_scale(self) -> float:
-        # measured here: a guest under TCG runs about 5 times slower than the host
-        return 5.0 if self.acceleration()["accel"] == "tcg" else 1.5
+        # measured here under TCG: a guest's dockerd answers about 5 times slower than a local
+        # node's, a Kubernetes control plane comes up 10 to 20 times slower (kube-apiserver
+        # ready after 200-400 s, 21 s on local nodes): the larger, or its API wait runs out
+        return 10.0 if self.acceleration()["accel"] == "tcg" else 1.5
 
     def _machine_argv(self, accel: str) -> list[str]:
         cpu = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else \

@@ -62,6 +62,11 @@ OPTIONS: list[tuple[str, cfg.Opt]] = [
     ("DEFAULT", cfg.StrOpt("state_path", default=_default_state_path(), sample_default="~/.local/share/jeroboam",
                            deprecated_opts=_renamed("server", "data_dir"),
                            help="Where the embedded database and cluster state live.")),
+    # Privilege separation: whom the API runs as when started as root.
+    ("DEFAULT", cfg.StrOpt("api_user", default="jeroboam", help="User (and its group) the API runs as when "
+                           "`jeroboam serve` or `jeroboam api` starts as root: the port is bound first, then the "
+                           "API drops to it with no capabilities, while serve's worker stays root; the embedded "
+                           "database is made this user's. root or empty: the API stays root.")),
     ("database", cfg.StrOpt("connection", default="", secret=True, deprecated_opts=_renamed("server", "database"),
                             help="SQLAlchemy URL of the database; empty means a SQLite file in state_path. "
                                  "postgresql://user:password@host/db or mysql+pymysql://... to scale out.")),
@@ -95,8 +100,8 @@ OPTIONS: list[tuple[str, cfg.Opt]] = [
                         "the cache; the least recently used go first.")),
     ("worker", cfg.IntOpt("threads", default=4, min=1, help="Tasks one worker process runs at once.")),
     ("worker", cfg.FloatOpt("lease_seconds", default=15, min=0.1, help="A task whose worker stops heartbeating "
-                            "is taken over after this (SQLite, MySQL; PostgreSQL sees a worker die from its "
-                            "session).")),
+                            "is taken over after this (SQLite; PostgreSQL, MariaDB and MySQL see a worker die "
+                            "from its session).")),
     ("worker", cfg.FloatOpt("poll_interval", default=0.2, min=0.01,
                             help="Seconds an idle worker waits between looks at the queue.")),
     ("worker", cfg.FloatOpt("service_down_seconds", default=30, min=1,
@@ -426,6 +431,8 @@ def load(args: Sequence[str] = (), overrides: dict[tuple[str, str], object] | No
                  default_config_files=default_config_files, default_config_dirs=default_config_dirs)
         except cfg.ConfigFilesNotFoundError as exc:
             raise ConfigError(f"config file not found: {', '.join(exc.config_files)}") from None
+        except cfg.ConfigFilesPermissionDeniedError as exc:
+            raise ConfigError(f"config file not readable: {', '.join(exc.config_files)}") from None
         except cfg.ConfigDirNotFoundError as exc:
             raise ConfigError(f"config directory not found: {exc.config_dir}") from None
         except cfg.ConfigFileParseError as exc:

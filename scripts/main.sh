@@ -14,6 +14,14 @@ DATA=${JEROBOAM_DATA_DIR:-$ROOT/.data}
 BIND=${JEROBOAM_BIND:-127.0.0.1:9511}
 URL=http://$BIND
 mkdir -p "$DATA"
+# serve runs its API as the jeroboam user ([DEFAULT] api_user, see README), which must reach
+# this checkout, its venv and the data directory: a clone under /root is out of its reach,
+# and this demo then keeps the API root, saying so.
+if ! runuser -u jeroboam -- sh -c 'cd / && "$1" -c "import jeroboam.cli.main" && test -x "$2"' - \
+    "$JEROBOAM_VENV/bin/python" "$DATA" 2>/dev/null; then
+  echo "main: the jeroboam user cannot reach $ROOT: the API runs as root (JEROBOAM_DEFAULT_API_USER=root)" >&2
+  export JEROBOAM_DEFAULT_API_USER=root
+fi
 
 if ! curl -sf "$URL/healthcheck" >/dev/null 2>&1; then
   nohup jeroboam serve --data-dir "$DATA" --bind "$BIND" >"$DATA/serve.log" 2>&1 &

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import httpx
 
+from jeroboam.infra.local import LocalProvider
+from jeroboam.infra.local.resources import prefix_for
+
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = Path(__file__).resolve().parent / "plugins"
 TEST_IMAGES = "jeroboam-node=debian,test-image=testos"
@@ -30,17 +33,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def zombies() -> dict[int, int]:
-    """Zombie (<defunct>) processes host-wide: PID -> parent PID."""
-    found = {}
+def _processes():
+    """(PID, state letter, parent PID) of every process on the host."""
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if stat[0] == "Z":
-            found[int(entry)] = int(stat[1])
-    return found
+        yield int(entry), stat[0], int(stat[1])
+
+
+def zombies() -> dict[int, int]:
+    """Zombie (<defunct>) processes host-wide: PID -> parent PID."""
+    return {pid: parent for pid, state, parent in _processes() if state == "Z"}
+
+
+def provider_of(data: Path) -> LocalProvider:
+    """A provider on the state directory of a service of `data` (what the service's own one
+    sees: the same names)."""
+    state = str(data / "local")
+    return LocalProvider(state, prefix=prefix_for(state))
 
 
 def base_env(data_dir: Path, **settings: str) -> dict:
@@ -201,6 +213,33 @@ def host_snapshot(ours: str = "") -> dict[str, str]:
     routes = [line for line in out("ip", "-4", "route", "show", "table", "main").splitlines()
               if not any(foreign_name(word, ours) for word in line.split())]
     return {"routes": "\n".join(routes), "iptables": out("iptables", "-S"), "nat": out("iptables", "-t", "nat", "-S")}
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid` (children, theirs, ...)."""
+    children: dict[int, list[int]] = {}
+    for child, _, parent in _processes():
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def unprivileged_as(pid: int, user) -> None:
+    """Assert that process `pid` runs as `user` (a pwd entry) for good: every uid and gid, no
+    supplementary group, no capability in any set, no_new_privs."""
+    from jeroboam.cli.privsep import status
+
+    fields = status(pid)
+    assert fields["Uid"].split() == [str(user.pw_uid)] * 4, fields["Uid"]
+    assert fields["Gid"].split() == [str(user.pw_gid)] * 4, fields["Gid"]
+    assert fields["Groups"] == ""
+    assert {name: int(fields[name], 16) for name in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")} == {
+        "CapInh": 0, "CapPrm": 0, "CapEff": 0, "CapBnd": 0, "CapAmb": 0}
+    assert fields["NoNewPrivs"] == "1"
 
 
 @contextlib.contextmanager

@@ -49,8 +49,11 @@ def test_python_magnumclient_template_and_cluster_crud(server, project):
                                                                "value": 5}])
     assert updated.docker_volume_size == 5
 
+    # each step of the create takes a second: it is in progress when asked at once (the worker
+    # runs beside the API, in a process of its own)
     cluster = magnum.clusters.create(name="mc-cluster", cluster_template_id="mc-tpl", node_count=2,
-                                     master_count=1, create_timeout=10, keypair=None)
+                                     master_count=1, create_timeout=10, keypair=None,
+                                     labels={"test_delay_create_cluster": "1"})
     assert magnum.clusters.get(cluster.uuid).status == "CREATE_IN_PROGRESS"
     done = _wait(lambda: magnum.clusters.get("mc-cluster"), {"CREATE_COMPLETE", "CREATE_FAILED"})
     assert done.status == "CREATE_COMPLETE" and done.node_count == 2

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from jeroboam.cli.privsep import status
 from jeroboam.infra.local import LocalProvider
 from jeroboam.infra.local.resources import prefix_for
 from tests.support import host_snapshot
@@ -28,13 +29,6 @@ PROJECT = "default"
 
 def docker(env: dict, *args: str) -> str:
     return subprocess.run(["docker", *args], env=env, capture_output=True, text=True, check=True).stdout.strip()
-
-
-def status_field(pid: int, name: str) -> str:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(name + ":"):
-            return line.split(":", 1)[1].strip()
-    raise KeyError(name)
 
 
 def alive(pid: int) -> bool:
@@ -104,11 +98,12 @@ def test_three_containers_with_their_privileges(deployment):
     assert sorted(names) == ["jeroboam-api", "jeroboam-postgres", "jeroboam-worker"]
     # the API process: not root, no capability at all, cannot gain any
     api_pid = int(docker(env, "inspect", "-f", "{{.State.Pid}}", "jeroboam-api"))
-    assert status_field(api_pid, "Uid").split()[0] != "0"
-    assert int(status_field(api_pid, "CapEff"), 16) == 0 and int(status_field(api_pid, "CapBnd"), 16) == 0
-    assert status_field(api_pid, "NoNewPrivs") == "1"
+    api_status = status(api_pid)
+    assert api_status["Uid"].split()[0] != "0"
+    assert int(api_status["CapEff"], 16) == 0 and int(api_status["CapBnd"], 16) == 0
+    assert api_status["NoNewPrivs"] == "1"
     worker_pid = int(docker(env, "inspect", "-f", "{{.State.Pid}}", "jeroboam-worker"))
-    assert status_field(worker_pid, "Uid").split()[0] == "0"
+    assert status(worker_pid)["Uid"].split()[0] == "0"
     # the deploy dockerd added no interface of its own to the host
     assert "docker0" not in os.listdir("/sys/class/net")
     assert api_pid != worker_pid

@@ -1,6 +1,7 @@
 """MariaDB as the shared database: `jeroboam db upgrade`, an API of two processes and two
 workers on the MariaDB server of this machine (scripts/mariadb.sh starts it), over real HTTP."""
 
+import contextlib
 import os
 import re
 import time
@@ -27,8 +28,9 @@ def _drop(name: str) -> None:
         cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
 
 
-@pytest.fixture(scope="module")
-def database():
+@contextlib.contextmanager
+def new_database():
+    """A database of its own on the test server: (its name, its URL)."""
     name = f"jeroboam_test_{uuid.uuid4().hex[:8]}"
     with _admin() as conn, conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
@@ -36,6 +38,12 @@ def database():
         yield name, ADMIN_URL.rsplit("/", 1)[0] + "/" + name
     finally:
         _drop(name)
+
+
+@pytest.fixture(scope="module")
+def database():
+    with new_database() as created:
+        yield created
 
 
 @pytest.fixture(scope="module")

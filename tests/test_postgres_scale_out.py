@@ -1,5 +1,6 @@
 """The production path: `jeroboam api` and several `jeroboam worker`s sharing a real PostgreSQL."""
 
+import contextlib
 import os
 import re
 import time
@@ -14,8 +15,9 @@ from tests.support import Api, Process, base_env, one_at_a_time, split_service, 
 ADMIN_URL = os.environ.get("JEROBOAM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1/postgres")
 
 
-@pytest.fixture(scope="module")
-def database():
+@contextlib.contextmanager
+def new_database():
+    """A database of its own on the test server: its URL."""
     name = f"jeroboam_test_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -24,6 +26,12 @@ def database():
     finally:
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def database():
+    with new_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """The systemd units of a host install: systemd's own checker accepts them, and they keep the
 privilege split the README promises (systemd need not be running: nothing is started)."""
 
-import configparser
 import shutil
 import subprocess
 import sys
@@ -13,11 +12,19 @@ UNITS = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
 INSTALLED = "/opt/jeroboam/bin/jeroboam"
 
 
-def unit(name: str) -> configparser.ConfigParser:
-    parser = configparser.ConfigParser(interpolation=None, strict=False)
-    parser.optionxform = str
-    parser.read(UNITS / name)
-    return parser
+def unit(name: str) -> dict[str, list[str]]:
+    """The [Service] directives of a unit, each with all its values in order (systemd lets a
+    directive repeat, and Environment= take several assignments)."""
+    directives: dict[str, list[str]] = {}
+    section = None
+    for line in (UNITS / name).read_text().splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            directives.setdefault(key, []).extend(value.split() if key == "Environment" else [value])
+    return directives
 
 
 def verify(tmp_path: Path, text_by_name: dict[str, str]) -> subprocess.CompletedProcess:
@@ -53,9 +60,17 @@ def test_verify_rejects_a_broken_unit(analyze, tmp_path):
 
 
 def test_api_unprivileged_worker_root():
-    api, worker = unit("jeroboam-api.service")["Service"], unit("jeroboam-worker.service")["Service"]
-    assert api["User"] == "jeroboam" and api["CapabilityBoundingSet"] == "" and api["NoNewPrivileges"] == "yes"
-    assert api["ExecStart"] == f"{INSTALLED} api"
-    assert worker["User"] == "root" and worker["ExecStart"] == f"{INSTALLED} worker"
+    api, worker = unit("jeroboam-api.service"), unit("jeroboam-worker.service")
+    assert api["User"] == ["jeroboam"] and api["CapabilityBoundingSet"] == [""] and api["NoNewPrivileges"] == ["yes"]
+    assert api["ExecStart"] == [f"{INSTALLED} api"]
+    assert worker["User"] == ["root"] and worker["ExecStart"] == [f"{INSTALLED} worker"]
     # nodes' dockerds are the worker's children: a worker restart must not kill the clusters
-    assert worker["KillMode"] == "process"
+    assert worker["KillMode"] == ["process"]
+    for service in (api, worker):
+        # systemd would chown data_dir to the unit's user at each start: to jeroboam, node keys
+        # included, or back to root, the API's database included
+        assert "StateDirectory" not in service
+    assert api["ReadWritePaths"] == ["-/var/lib/jeroboam"]
+    # the API logs to the journal, never into the root worker's log directory
+    assert {"JEROBOAM_DEFAULT_LOG_DIR=", "JEROBOAM_DEFAULT_LOG_FILE="} <= set(api["Environment"])
+    assert "LogsDirectory" not in api

@@ -1,21 +1,34 @@
-"""Takeover on PostgreSQL comes from the dead worker's database session, not its lease: a
-SIGKILLed worker's task moves on within seconds under a 60 s lease, and a live worker whose
-heartbeat stalls past its lease keeps its task. `jeroboam api` and two `jeroboam worker`s,
-the test driver (labels set its step delays)."""
+"""Takeover on PostgreSQL and MariaDB comes from the dead worker's database session, not its
+lease: a SIGKILLed worker's task moves on within seconds under a 60 s lease, and a live worker
+whose heartbeat stalls past its lease keeps its task. A task waits while its lock key's lock
+is held (by a worker's clean-up pass acting on its cluster). `jeroboam api` and two `jeroboam
+worker`s on each server of this machine, the test driver (labels set its step delays)."""
 
 import datetime
 import signal
 import time
 
-import psycopg
 import pytest
+import sqlalchemy as sa
 
+from jeroboam.db.base import make_engine, make_sessionmaker, utcnow
+from jeroboam.tasks import liveness
+from tests import test_mariadb, test_postgres_scale_out
 from tests.support import Api, Process, base_env, split_service
-from tests.test_postgres_scale_out import database  # noqa: F401  (a fixture)
+
+
+@pytest.fixture(scope="module", params=["postgresql", "mariadb"])
+def database(request):
+    if request.param == "postgresql":
+        with test_postgres_scale_out.new_database() as url:
+            yield url
+    else:
+        with test_mariadb.new_database() as (_, url):
+            yield url
 
 
 @pytest.fixture
-def service(database, tmp_path, request):  # noqa: F811
+def service(database, tmp_path, request):
     lease = request.param
     env = base_env(tmp_path, JEROBOAM_SERVER_DATABASE=database, JEROBOAM_WORKER_LEASE_SECONDS=str(lease),
                    JEROBOAM_WORKER_THREADS="2")
@@ -81,28 +94,52 @@ def test_cancel_right_after_a_takeover_ends_the_dead_workers_step(service):
 
 
 @pytest.mark.parametrize("service", [2], indirect=True)
-def test_a_live_worker_whose_heartbeat_stalls_keeps_its_task(service, database):  # noqa: F811
+def test_a_live_worker_whose_heartbeat_stalls_keeps_its_task(service, database):
     api, procs, _, _ = service
     t = api.template(labels={"test_delay": "2.0"})
     cluster, task = api.cluster(t["uuid"])
     owner = running_step(api, task, "provision nodes")["worker"]
     procs[owner].proc.send_signal(signal.SIGSTOP)  # alive, its session open, its heartbeat silent
+    engine = make_engine(database)
     try:
-        with psycopg.connect(database, autocommit=True) as conn:
-            deadline = time.monotonic() + 20
-            while True:  # until its lease has run out (or another worker took the task)
-                expired, attempts = conn.execute(
-                    "SELECT lease_expires_at < (now() AT TIME ZONE 'UTC'), attempts FROM tasks WHERE uuid = %s",
-                    (task,)).fetchone()
-                if expired or attempts > 1:
-                    break
-                assert time.monotonic() < deadline, "the lease never ran out"
-                time.sleep(0.1)
+        deadline = time.monotonic() + 20
+        while True:  # until its lease has run out (or another worker took the task)
+            with engine.connect() as conn:
+                expires, attempts = conn.execute(sa.text(
+                    "SELECT lease_expires_at, attempts FROM tasks WHERE uuid = :task"), {"task": task}).one()
+            if expires < utcnow().replace(tzinfo=None) or attempts > 1:
+                break
+            assert time.monotonic() < deadline, "the lease never ran out"
+            time.sleep(0.1)
         time.sleep(2)  # the other worker polls every 0.05 s: ample time to take it, were it to
         assert api.get(f"/v1/tasks/{task}").json()["task"]["attempts"] == 1
     finally:
         procs[owner].proc.send_signal(signal.SIGCONT)
+        engine.dispose()
     finished = api.wait_task(task)
     assert (finished["state"], finished["worker"], finished["attempts"]) == ("SUCCEEDED", owner, 1)
     assert not any("taken over" in e["message"] for e in finished["events"])
     api.wait_cluster(cluster, {"CREATE_COMPLETE"})
+
+
+@pytest.mark.parametrize("service", [2], indirect=True)
+def test_a_task_waits_while_its_lock_key_is_held(service, database):
+    api, _, _, _ = service
+    t = api.template(labels={"test_delay": "0.1"})
+    cluster, task = api.cluster(t["uuid"])
+    assert api.wait_task(task)["state"] == "SUCCEEDED"
+    engine = make_engine(database)
+    try:
+        with make_sessionmaker(engine)() as holder, holder.begin():
+            # as a worker's clean-up pass holds it while it adopts or removes the cluster's nodes
+            assert liveness.hold(holder, liveness.key_lock(cluster))
+            reply = api.patch(f"/v1/clusters/{cluster}", json=[{"op": "replace", "path": "/node_count", "value": 2}])
+            assert reply.status_code == 202, reply.text  # the API does not wait for it
+            update = reply.headers["Location"].rsplit("/", 1)[1]
+            time.sleep(2)  # the workers poll every 0.05 s: ample time to start it, were they to
+            assert api.get(f"/v1/tasks/{update}").json()["task"]["state"] == "PENDING"
+        finished = api.wait_task(update)
+    finally:
+        engine.dispose()
+    assert (finished["state"], finished["attempts"]) == ("SUCCEEDED", 1)
+    assert api.wait_cluster(cluster, {"UPDATE_COMPLETE"})["node_count"] == 2

@@ -568,6 +568,7 @@ def main(argv=None) -> int:
     if idle_load > 0.25:
         log("WARNING: the machine is not idle; the figures will be lower and noisier than on an idle one")
     tmp = Path(tempfile.mkdtemp(prefix="jeroboam-apibench-"))
+    tmp.chmod(0o711)  # a root serve's API runs as [DEFAULT] api_user: it must reach the data directories
     results, failures = [], []
     try:
         if args.only in (None, "sqlite"):

@@ -298,6 +298,7 @@ def main() -> int:
     # short paths: unix sockets under the state directories must stay below 108 bytes
     work = Path(tempfile.mkdtemp(prefix="jbk-", dir="/tmp"))
     load_before = os.getloadavg()[0]  # the machine is shared: figures say how loaded it was
+    work.chmod(0o711)  # serve's API runs as [DEFAULT] api_user: it must reach the data directories
     api, bare, k8s, k8s_steps = {}, {}, {}, {}
     try:
         for sub in ("api", "bare", "k8s"):

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from jeroboam import config
-from jeroboam.cli import tasks
+from jeroboam.cli import privsep, tasks
 
 LOG = logging.getLogger("jeroboam")
 
@@ -159,16 +159,20 @@ def _check_exposure(settings, host: str, port: int) -> None:
                            "127.0.0.1, use --auth keystone, or set [auth] noauth_allow_remote = true")
 
 
-def _listen_address(settings) -> tuple[str, int]:
-    """[api] host and port, checked to be free now so that a conflict is one clear line."""
+def _listen_socket(settings) -> socket.socket:
+    """The socket of [api] host and port, bound now: a taken address is one clear line before
+    anything starts, and a port below 1024 is bound while the process still may (see privsep).
+    uvicorn listens on it once it serves."""
     host, port = settings.get("api", "host"), settings.get("api", "port")
     _check_exposure(settings, host, port)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        with socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET):
-            pass
+        sock.bind((host, port))
     except OSError as exc:
+        sock.close()
         raise StartupError(f"cannot listen on {_host_port(host, port)}: {exc.strerror or exc}") from None
-    return host, port
+    return sock
 
 
 def _announce_when_listening(host: str, port: int, database: str) -> None:
@@ -187,27 +191,43 @@ def _announce_when_listening(host: str, port: int, database: str) -> None:
     threading.Thread(target=wait, name="announce", daemon=True).start()
 
 
-def _metrics_dir(settings, port: int) -> str:
-    """A fresh directory where the API processes keep their request metrics (multiprocess mode)."""
+def _api_files(settings, port: int, user, program: str) -> str | None:
+    """What the API needs made before it starts, its user's when it drops privileges: the
+    embedded database, the log files it reopens after a rotation or its processes open, and
+    the fresh directory where several API processes keep their request metrics (multiprocess
+    mode; None for one process)."""
+    workers = settings.get("api", "workers")
+    if user is not None:
+        privsep.share_database(settings, user)
+        for path in {_log_path(settings, program), _log_path(settings, "jeroboam-api") if workers > 1 else ""}:
+            if path:
+                privsep.hand_over(path, user, 0o640)
+    if workers < 2:
+        return None
     path = Path(settings.get("DEFAULT", "state_path")) / "metrics" / str(port)
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
+    if user is not None:
+        os.chown(path, user.pw_uid, user.pw_gid)
     return str(path)
 
 
-def _run_api(settings, engine) -> None:
+def _run_api(settings, engine, sock: socket.socket, metrics_dir: str | None) -> None:
     import uvicorn
 
-    host, port = _listen_address(settings)
+    host, port = sock.getsockname()[:2]
     workers = settings.get("api", "workers")
-    common = dict(host=host, port=port, loop="uvloop", http="httptools", access_log=False,
+    common = dict(fd=sock.fileno(), loop="uvloop", http="httptools", access_log=False,
                   log_level=settings.get("DEFAULT", "log_level").lower(), lifespan="off",
                   log_config=None)  # uvicorn's lines go through our handlers, not its own
     _announce_when_listening(host, port, engine.url.render_as_string(hide_password=True))
     if workers > 1:
-        # Child processes rebuild the settings from the same files and the environment.
+        # Child processes rebuild the settings from the same files and the environment: read
+        # here first as they will (as the API's user after a privilege drop), a file they cannot
+        # read is one line, not children failing over and over.
         os.environ.update(settings.child_env())
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir(settings, port)
+        config.load()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         uvicorn.run("jeroboam.cli.main:api_process_app", factory=True, workers=workers, **common)
     else:
         from jeroboam.api.app import create_app
@@ -229,23 +249,49 @@ def cmd_serve(args) -> int:
     settings = _settings(args)
     _check_auth(settings)
     _logging(settings, "jeroboam")
-    _listen_address(settings)  # before anything starts: a busy port stops everything at once
+    user = privsep.api_user(settings)
+    sock = _listen_socket(settings)  # before anything starts: a busy port stops everything at once
     engine = _engine(settings, "any")
     _upgrade(engine)
-    worker = _start_worker(settings, engine)
+    metrics_dir = _api_files(settings, sock.getsockname()[1], user, "jeroboam")
+    if user is None:
+        worker = _start_worker(settings, engine)
+        try:
+            _run_api(settings, engine, sock, metrics_dir)
+        finally:
+            worker.stop()
+        return 0
+
+    def api() -> int:
+        _run_api(settings, _engine(settings, "any"), sock, metrics_dir)
+        return 0
+    # The API becomes the user in a process of its own, forked before the worker's threads
+    # exist and without this process's database connections; the worker stays root here.
+    engine.dispose()
+    pid = privsep.fork_api(user, lambda: _reported(api, f"the API as {user.pw_name}: "))
+    sock.close()
     try:
-        _run_api(settings, engine)
+        worker = _start_worker(settings, engine)
+    except BaseException:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+        raise
+    try:
+        return privsep.supervise(pid)
     finally:
         worker.stop()
-    return 0
 
 
 def cmd_api(args) -> int:
     settings = _settings(args)
     _check_auth(settings)
     _logging(settings, "jeroboam-api")
-    _listen_address(settings)  # a refused or busy address stops it before the database is looked at
-    _run_api(settings, _engine(settings, "warn"))
+    user = privsep.api_user(settings)
+    sock = _listen_socket(settings)  # a refused or busy address stops it before the database is looked at
+    metrics_dir = _api_files(settings, sock.getsockname()[1], user, "jeroboam-api")
+    if user is not None:
+        privsep.drop_privileges(user)
+    _run_api(settings, _engine(settings, "warn"), sock, metrics_dir)
     return 0
 
 
@@ -264,7 +310,10 @@ def cmd_worker(args) -> int:
 def cmd_db_upgrade(args) -> int:
     settings = _settings(args)
     _logging(settings, "jeroboam-manage")
+    user = privsep.api_user(settings)
     _upgrade(_engine(settings, "any"))
+    if user is not None:
+        privsep.share_database(settings, user)  # made by root, used by the API
     print("database is at the newest revision")
     return 0
 
@@ -342,7 +391,8 @@ def parser() -> argparse.ArgumentParser:
         if worker:
             p.add_argument("--threads", type=int, help="tasks run at once")
 
-    serve = sub.add_parser("serve", help="API and workers in one process, embedded database by default")
+    serve = sub.add_parser("serve", help="API and worker in one command (as root: the API as [DEFAULT] "
+                                         "api_user), embedded database by default")
     common(serve, api=True, worker=True)
     serve.set_defaults(func=cmd_serve)
     api = sub.add_parser("api", help="the API alone (scale out against PostgreSQL)")
@@ -390,13 +440,18 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _reported(run, who: str = "") -> int:
+    """What run() returns, or 1 after printing the error that stopped it as one line."""
+    try:
+        return run()
+    except (StartupError, config.ConfigError, tasks.TaskError, privsep.PrivsepError) as exc:
+        print(f"jeroboam: {who}{exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (StartupError, config.ConfigError, tasks.TaskError) as exc:
-        print(f"jeroboam: {exc}", file=sys.stderr)
-        return 1
+    return _reported(lambda: args.func(args))
 
 
 if __name__ == "__main__":

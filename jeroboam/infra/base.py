@@ -223,7 +223,11 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     def get_network(self, network_id: str):
-        """The network (with ``subnet``, ``gateway``) or None."""
+        """The network (with ``network_id``, ``subnet``, ``gateway``) or None."""
+
+    @abc.abstractmethod
+    def networks(self) -> list:
+        """Every network of this provider here (any cluster, any stack), as get_network gives."""
 
     @abc.abstractmethod
     def delete_network(self, network_id: str) -> None:
@@ -238,3 +242,10 @@ class Provider(abc.ABC):
     def remove_leftovers(self, node_ids: list[str], network_ids: list[str],
                          timeout: float = 60) -> list[str]:
         """Remove every node and network of this provider not in the lists; names removed."""
+
+    @abc.abstractmethod
+    def remove_debris(self, timeout: float = 60) -> list[str]:
+        """Remove what is left here of nodes and networks that have no record any more (nor
+        :meth:`nodes` nor :meth:`networks` lists them: a crash in the middle of a create or a
+        delete); names removed. Race-free beside workers creating and deleting nodes: what
+        gets its record meanwhile is not debris."""

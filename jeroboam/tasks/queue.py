@@ -1,6 +1,6 @@
 """The durable work queue: tasks are rows, claimed with a lease that heartbeats extend. A
-running task is taken over when its worker died: on PostgreSQL as soon as the worker's
-session lock is free (jeroboam.tasks.liveness), elsewhere when its lease ran out.
+running task is taken over when its worker died: on PostgreSQL, MariaDB and MySQL as soon as
+the worker's session lock is free (jeroboam.tasks.liveness), on SQLite when its lease ran out.
 
 Claiming is a compare-and-set UPDATE, correct on any database; where the database
 has them (PostgreSQL, MySQL 8, MariaDB 10.6) the candidate SELECT adds FOR UPDATE SKIP
@@ -9,7 +9,8 @@ lock key (every task on a cluster or one of its nodegroups carries the cluster's
 one at a time and in the order they were queued: a pending task waits while an earlier one
 of its key is unfinished, and a unique index on the lock keys of running tasks (SQLite,
 PostgreSQL; MySQL has no partial indexes) makes the database refuse a second one, however
-many workers race for them.
+many workers race for them. A task starts only while its claim holds its lock key's lock
+(liveness.key_lock), which work outside tasks on what they act on holds meanwhile.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def claim(session_factory, worker: str, lease_seconds: float, row_locks: bool, b
           running_here: frozenset[int] = frozenset(), session_locks: bool = False) -> Task | None:
     """Take the first task that may run now: a pending one that no other task of its lock
     key comes before or runs beside, or a running one whose worker died. With
-    `session_locks` (PostgreSQL, see jeroboam.tasks.liveness) a worker died when its
+    `session_locks` (not SQLite: jeroboam.tasks.liveness) a worker died when its
     session lock is free, however recent its heartbeat, and lives while it holds it,
     however late; otherwise when it stopped heartbeating (its lease ran out). Never one
     of `running_here`, the tasks this worker is running: a lease that ran out under a long
@@ -102,12 +103,15 @@ def claim(session_factory, worker: str, lease_seconds: float, row_locks: bool, b
             gone = expired
         abandoned = sa.and_(Task.state == states.RUNNING, gone)
         startable = sa.or_(Task.state == states.PENDING, abandoned)
-        candidates = (sa.select(Task.id).where(sa.or_(sa.and_(Task.state == states.PENDING, ~waits), abandoned),
-                                               Task.id.not_in(running_here))
+        candidates = (sa.select(Task.id, Task.lock_key)
+                      .where(sa.or_(sa.and_(Task.state == states.PENDING, ~waits), abandoned),
+                             Task.id.not_in(running_here))
                       .order_by(Task.id).limit(batch))
         if row_locks:
             candidates = candidates.with_for_update(skip_locked=True, of=Task)
-        for task_id in session.scalars(candidates).all():
+        for task_id, lock_key in session.execute(candidates).all():
+            if not liveness.hold(session, liveness.key_lock(lock_key)):
+                continue  # a worker's clean-up pass acts on what the key's tasks act on
             # read after the candidates: a task starts after the end of the one it waited for
             started = utcnow()
             try:
@@ -131,22 +135,6 @@ def claim(session_factory, worker: str, lease_seconds: float, row_locks: bool, b
                 session.add(TaskEvent(task_id=task.id, message=message))
                 return task
     return None
-
-
-def worked_on(session: Session) -> set[str]:
-    """Lock keys that a live worker is working on or that wait for one: whatever their tasks
-    act on is theirs, no one else's to touch. Live as in claim: holding its session lock on
-    PostgreSQL, its lease unexpired elsewhere (a task of a dead worker waits for a takeover)."""
-    rows = session.execute(sa.select(Task.lock_key, Task.state, Task.worker, Task.lease_expires_at)
-                           .where(Task.state.in_((states.PENDING, states.RUNNING)))).all()
-    running = [r for r in rows if r.state == states.RUNNING]
-    if liveness.supported(session.get_bind()):
-        dead = liveness.dead(session, {r.worker for r in running})
-        alive = [r for r in running if r.worker not in dead]
-    else:
-        now = utcnow()
-        alive = [r for r in running if r.lease_expires_at is not None and r.lease_expires_at >= now]
-    return {r.lock_key for r in rows if r.state == states.PENDING} | {r.lock_key for r in alive}
 
 
 def heartbeat(session_factory, worker: str, lease_seconds: float, task_ids: frozenset[int]) -> None:

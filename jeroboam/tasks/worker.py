@@ -1,6 +1,6 @@
 """A worker process: runner threads that claim and run tasks, and a heartbeat that keeps
-their leases (and the worker's `mservices` record) alive; on PostgreSQL also the session
-lock that tells other workers it lives (jeroboam.tasks.liveness)."""
+their leases (and the worker's `mservices` record) alive; except on SQLite, also the session lock
+that tells other workers it lives (jeroboam.tasks.liveness)."""
 
 from __future__ import annotations
 
@@ -43,8 +43,9 @@ class Worker:
         self.lease = float(settings.get("worker", "lease_seconds"))
         self.poll = float(settings.get("worker", "poll_interval"))
         self.row_locks = locks_rows(engine)
-        # held while this worker lives: how others know at once that it died (PostgreSQL)
-        self.session_lock = liveness.SessionLock(engine, self.name) if liveness.supported(engine) else None
+        # held while this worker lives: how others know at once that it died (not on SQLite)
+        self.session_lock = liveness.SessionLock(engine, self.name, self.lease / 3) \
+            if liveness.supported(engine) else None
         self._stop = threading.Event()
         self._claiming = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -130,7 +131,7 @@ class Worker:
     # -- loops ------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
         # Its own thread, whatever the runners do: a step may take far longer than a lease.
-        interval = self.lease / 3
+        interval = self.lease / 3  # as SessionLock is told
         while not self._stop.wait(interval):
             try:
                 retrying(lambda: queue.heartbeat(self.session_factory, self.name, self.lease,

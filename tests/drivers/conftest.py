@@ -20,19 +20,12 @@ from magnumclient import exceptions as magnum_exc
 
 from jeroboam.drivers.nodes import node_key
 from jeroboam.infra.local import LocalProvider
-from jeroboam.infra.local.resources import prefix_for
-from tests.support import Api, Process, base_env, free_port, host_snapshot, wait_http
+from tests.support import Api, Process, base_env, free_port, host_snapshot, provider_of, wait_http
 
 # The noauth operator's project: `openstack coe` sent without identity headers sees it too.
 PROJECT = "default"
 OPENSTACK = str(Path(sys.executable).with_name("openstack"))
 TERMINAL = re.compile(r"_(COMPLETE|FAILED)$")
-
-
-def provider_of(data: Path) -> LocalProvider:
-    """A provider on the service's state directory (what the service's own one sees)."""
-    state = str(data / "local")
-    return LocalProvider(state, prefix=prefix_for(state))
 
 
 @dataclass

@@ -3,7 +3,11 @@ real dockerds and a real swarm with real TLS. The tests run in order on the same
 
 import io
 import os
+import pwd
 import signal
+import stat
+import subprocess
+import sys
 import tarfile
 import time
 from contextlib import closing
@@ -14,13 +18,14 @@ import pytest
 import requests
 from magnumclient.common import utils as magnum_utils
 
+from jeroboam.cli.privsep import status
 from jeroboam.drivers.swarm import CONVERGE_STEPS, CREATE_STEPS
 from jeroboam.infra.local import BASE_IMAGE, tls_client
 from jeroboam.pki import KeyPair, issue_client_cert, new_ca
 from tests.drivers.conftest import (coe_cluster_config, delete_leaves_the_host_as_before,
                                     new_cluster, nodes_of, wait_for, wait_status)
 from tests.orchestration.test_stacks_api import wait_stack
-from tests.support import Api
+from tests.support import Api, descendants, unprivileged_as
 
 
 
@@ -75,6 +80,47 @@ def test_create_builds_a_swarm(service, magnum, cluster):
         "life-master-0": ("manager", "ready"), "life-node-0": ("worker", "ready")}
     assert {n["Description"]["Engine"]["EngineVersion"] for n in members.values()} == {
         done.coe_version}
+
+
+# Run as the API's user: what of the worker's host state it can touch ("ok") or not.
+PROBE = """
+import os, socket, sys
+def probe(what, fn):
+    try:
+        fn()
+        print(what, "ok")
+    except PermissionError:
+        print(what, "denied")
+local, node = sys.argv[1], sys.argv[2]
+probe("list", lambda: os.listdir(local))
+probe("key", lambda: open(os.path.join(node, "tls", "server-key.pem")).read())
+probe("dockerd", lambda: socket.socket(socket.AF_UNIX).connect(os.path.join(node, "docker.sock")))
+"""
+
+
+def pid_uid(pid: int) -> int | None:
+    try:
+        return int(status(pid)["Uid"].split()[0])
+    except (FileNotFoundError, ProcessLookupError):  # ended meanwhile
+        return None
+
+
+def test_the_api_runs_unprivileged_and_cannot_reach_the_nodes(service, cluster):
+    """serve's worker built the cluster as root; its API process runs as the jeroboam user,
+    which can neither read the nodes' keys nor talk to their dockerds."""
+    user = pwd.getpwnam("jeroboam")
+    serve = service.procs["serve"].pid
+    assert status(serve)["Uid"].split() == ["0"] * 4
+    # (the worker's own children, such as an `ip` it runs now and then, are root's)
+    [api] = [pid for pid in descendants(serve) if pid_uid(pid) not in (0, None)]
+    unprivileged_as(api, user)
+    local = service.provider.state_dir
+    assert stat.S_IMODE(local.stat().st_mode) == 0o700
+    node = nodes_of(service, cluster)[0].state_dir
+    assert (Path(node) / "tls" / "server-key.pem").exists() and (Path(node) / "docker.sock").exists()
+    out = subprocess.run([sys.executable, "-c", PROBE, str(local), node], user=user.pw_uid, group=user.pw_gid,
+                         extra_groups=[], capture_output=True, text=True, timeout=30)
+    assert out.stdout.split("\n")[:3] == ["list denied", "key denied", "dockerd denied"], out.stdout + out.stderr
 
 
 def test_a_stack_of_the_project_runs_a_container_on_its_cluster(service, cluster):

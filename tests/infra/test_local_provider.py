@@ -4,11 +4,13 @@ import ipaddress
 import json
 import subprocess
 import tarfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from jeroboam.infra.local import InfraError, LocalProvider, NodeSpec
-from jeroboam.infra.local.images import _is_static_elf
+from jeroboam.infra.local.images import _is_static_elf, build_busybox_tar
 from jeroboam.pki import new_ca
 
 
@@ -28,6 +30,22 @@ def test_base_image_is_a_static_busybox_rootfs(provider, tmp_path):
         tar.extract("bin/busybox", tmp_path)
     assert {"bin/busybox", "etc/passwd", "etc/group", "tmp"} <= set(names)
     assert _is_static_elf(str(tmp_path / "bin/busybox"))
+
+
+def test_base_image_built_by_several_at_once(tmp_path):
+    """Workers starting together each build the base image: all of them get it, whole."""
+    dest = tmp_path / "images" / "busybox.tar"
+    together = threading.Barrier(6)
+
+    def build():
+        together.wait()
+        return build_busybox_tar(dest)
+    with ThreadPoolExecutor(6) as pool:
+        built = [f.result() for f in [pool.submit(build) for _ in range(6)]]
+    assert built == [dest] * 6
+    with tarfile.open(dest) as tar:
+        assert tar.getmember("bin/sh").linkname == "busybox"
+    assert [p.name for p in dest.parent.iterdir()] == ["busybox.tar"]
 
 
 def test_network_create_is_idempotent_and_delete_removes_bridge(provider):

@@ -54,26 +54,31 @@ def build_busybox_tar(dest: Path) -> Path:
     applets = subprocess.run([busybox, "--list"], capture_output=True, text=True,
                              check=True).stdout.split()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    # a temporary file of its own: providers set up by concurrent tasks may build at once
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
-        for d, mode in (("bin", 0o755), ("etc", 0o755), ("root", 0o700), ("tmp", 0o1777)):
-            info = tarfile.TarInfo(d)
-            info.type, info.mode = tarfile.DIRTYPE, mode
-            tar.addfile(info)
-        tar.add(busybox, "bin/busybox", recursive=False)
-        for applet in applets:
-            if applet != "busybox":
-                info = tarfile.TarInfo(f"bin/{applet}")
-                info.type, info.linkname, info.mode = tarfile.SYMTYPE, "busybox", 0o777
+    # a temporary file of its own: workers starting together each build it (same content)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
+            for d, mode in (("bin", 0o755), ("etc", 0o755), ("root", 0o700), ("tmp", 0o1777)):
+                info = tarfile.TarInfo(d)
+                info.type, info.mode = tarfile.DIRTYPE, mode
                 tar.addfile(info)
-        for name, text in (("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
-                           ("etc/group", "root:x:0:\n")):
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    os.replace(tmp, dest)
+            tar.add(busybox, "bin/busybox", recursive=False)
+            for applet in applets:
+                if applet != "busybox":
+                    info = tarfile.TarInfo(f"bin/{applet}")
+                    info.type, info.linkname, info.mode = tarfile.SYMTYPE, "busybox", 0o777
+                    tar.addfile(info)
+            for name, text in (("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+                               ("etc/group", "root:x:0:\n")):
+                data = text.encode()
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return dest
 
 

@@ -273,7 +273,7 @@ class NodeStore(Provider):
         data = _read_json(self.state_dir / "networks" / f"{name}.json")
         return self.network_info(**data) if data else None
 
-    def _networks(self) -> list:
+    def networks(self) -> list:
         return [self.network_info(**d)
                 for p in sorted((self.state_dir / "networks").glob("*.json"))
                 if (d := _read_json(p))]
@@ -330,7 +330,7 @@ class NodeStore(Provider):
         with self._locked():
             info = self._load_network(name)
             if info is None:
-                taken = [ipaddress.ip_network(n.subnet) for n in self._networks()]
+                taken = [ipaddress.ip_network(n.subnet) for n in self.networks()]
                 net = host.check_subnet(ipaddress.ip_network(subnet), taken) if subnet \
                     else host.free_subnet(self.address_pools, taken)
                 info = self._new_network(network_id, name, net)
@@ -401,21 +401,38 @@ class NodeStore(Provider):
         """What a start that timed out says besides (e.g. a console's last lines)."""
         return ""
 
+    def _found(self) -> tuple[set[str], set[str]]:
+        """Names of the nodes and networks of ours here, whatever is left of them (what the
+        state directory records and what the host has under our names)."""
+        nodes = {p.name for p in (self.state_dir / "nodes").glob("*")} | self._nodes_on_host()
+        nets = {p.stem for p in (self.state_dir / "networks").glob("*.json")}
+        return nodes, nets | self._networks_on_host()
+
+    def _remove(self, nodes: set[str], nets: set[str], timeout: float) -> list[str]:
+        self.destroy_nodes(sorted(nodes), timeout)
+        for name in sorted(nets):
+            self._remove_network(name)
+        return sorted(nodes) + sorted(nets)
+
     def remove_leftovers(self, node_ids: list[str], network_ids: list[str],
                          timeout: float = 60) -> list[str]:
-        """Remove every node and network of ours not in the lists (what the state directory
-        records and what the host has under our names). Returns the names removed."""
-        keep = {self.node_name(i) for i in node_ids}
-        nodes = {p.name for p in (self.state_dir / "nodes").glob("*")} | self._nodes_on_host()
-        stale = sorted(nodes - keep)
-        self.destroy_nodes(stale, timeout)
-        keep_nets = {self.network_name(i) for i in network_ids}
-        nets = {p.stem for p in (self.state_dir / "networks").glob("*.json")}
-        stale_nets = sorted((nets | self._networks_on_host()) - keep_nets)
+        """Remove every node and network of ours not in the lists. Returns the names removed."""
+        nodes, nets = self._found()
+        nodes -= {self.node_name(i) for i in node_ids}
+        nets -= {self.network_name(i) for i in network_ids}
         with self._locked():
-            for name in stale_nets:
-                self._remove_network(name)
-        return stale + stale_nets
+            return self._remove(nodes, nets, timeout)
+
+    def remove_debris(self, timeout: float = 60) -> list[str]:
+        # Records read, and debris removed, under the allocation lock: a node's or network's
+        # record is written under it before anything else of it is made (and a network's
+        # deleted under it), so what has none then is debris, and none gets one meanwhile.
+        # A node being deleted loses its record last, once only its directory is left.
+        nodes, nets = self._found()  # before: it reads every process's namespaces
+        with self._locked():
+            nodes -= {n.name for n in self._nodes()}
+            nets -= {n.name for n in self.networks()}
+            return self._remove(nodes, nets, timeout)
 
     def restart_node(self, name: str, ca: KeyPair | None = None) -> None:
         """Restart the node on its data (swarm membership survives); with ``ca``, re-issue
@@ -506,6 +523,10 @@ class LocalProvider(NodeStore):
         if missing:
             raise InfraError("check host", f"missing {', '.join(missing)}; "
                              "run scripts/host-prereqs.sh as root")
+        # node keys, dockerd sockets and root filesystems: root's alone, whoever else may reach
+        # state_path (the API's user, see jeroboam.cli.privsep)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.state_dir.chmod(0o700)
         for sub in ("nodes", "networks", "images"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         # mount points every node covers with its own

@@ -234,6 +234,9 @@ class VmProvider(NodeStore):
                        if shutil.which(c) is None]
             if missing or not (self.images_dir / "VERSION").exists():
                 self.build_images()
+            # node keys and disks: root's alone (QEMU opens them before it drops to nobody)
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.state_dir.chmod(0o700)
             for sub in ("nodes", "networks", "images"):
                 (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
             build_busybox_tar(Path(self.base_image.path))

@@ -46,12 +46,20 @@ def running_step(api: Api, task: str, step: str) -> dict:
     raise TimeoutError(f"step {step} of task {task} never ran: {body}")
 
 
-def kill_mid_create(api: Api, procs: dict) -> tuple[str, str, str]:
-    """Create a cluster, SIGKILL its worker in the create's second step: (cluster, task, victim)."""
+def kill_mid_create(api: Api, procs: dict, before_takeover=None) -> tuple[str, str, str]:
+    """Create a cluster, SIGKILL its worker in the create's second step and call
+    `before_takeover(cluster)` while the other worker is held still: (cluster, task, victim)."""
     t = api.template(labels={"test_delay": "1.0"})
     cluster, task = api.cluster(t["uuid"])
     victim = running_step(api, task, "bootstrap")["worker"]
-    procs[victim].kill()
+    survivor = procs["w2" if victim == "w1" else "w1"].proc
+    survivor.send_signal(signal.SIGSTOP)
+    try:
+        procs[victim].kill()
+        if before_takeover:
+            before_takeover(cluster)
+    finally:
+        survivor.send_signal(signal.SIGCONT)
     return cluster, task, victim
 
 
@@ -81,8 +89,12 @@ def test_a_sigkilled_workers_task_is_taken_over_long_before_its_lease(service):
 @pytest.mark.parametrize("service", [60], indirect=True)
 def test_cancel_right_after_a_takeover_ends_the_dead_workers_step(service):
     api, procs, _, _ = service
-    cluster, task, _ = kill_mid_create(api, procs)
-    assert api.delete(f"/v1/clusters/{cluster}").status_code == 204
+
+    def delete(cluster):
+        # before the survivor can take the task: once it has, it begins bootstrap anew itself
+        assert api.delete(f"/v1/clusters/{cluster}").status_code == 204
+
+    cluster, task, _ = kill_mid_create(api, procs, before_takeover=delete)
     cancelled = api.wait_task(task)
     reason = "cluster delete requested by u-alice"
     assert (cancelled["state"], cancelled["attempts"], cancelled["error"]) == ("CANCELLED", 2, reason)

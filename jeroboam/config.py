@@ -144,6 +144,15 @@ OPTIONS: list[tuple[str, cfg.Opt]] = [
                                    "says.")),
     ("kubernetes", cfg.StrOpt("pause_binary", default="/var/cache/jeroboam/kubernetes/v1.20.2/pause/pause",
                               help="A static pause binary; imported into every node as the pod sandbox image.")),
+    # vm provider
+    ("vm", cfg.StrOpt("images_dir", default="/var/cache/jeroboam/vm/v1",
+                      help="Node images of the vm provider (scripts/build-vm-images.sh builds them here).")),
+    ("vm", cfg.IntOpt("memory_mb", default=1024, min=128,
+                      help="Memory of each VM node in MiB (a Kubernetes master needs about 1 GiB; guests give "
+                           "back what they free).")),
+    ("vm", cfg.IntOpt("cpus", default=2, min=1,
+                      help="Virtual CPUs of each VM node (under TCG each is a host thread; with one, a "
+                           "Kubernetes master starved).")),
     # Former options that now set others (LEGACY), still read from the files of earlier versions.
     ("server", cfg.StrOpt("bind", deprecated_for_removal=True, deprecated_reason="Use [api] host and [api] port.",
                           help="HOST:PORT the API listens on.")),

@@ -3,11 +3,13 @@
 # 3-node Docker Swarm (1 manager + 2 workers), a client certificate signed through the API,
 # then a 3-replica service run with the docker CLI over TLS, and how to reach the cluster.
 # Re-running reuses the template and a healthy cluster. Called by scripts/main.sh.
+# JEROBOAM_DEMO_SERVER_TYPE: the template's server_type (default local; vm: QEMU VMs).
 set -euo pipefail
 URL=${1:?usage: demo-cluster.sh API_URL}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${JEROBOAM_VENV:-$ROOT/.venv}/bin/python
 NAME=${JEROBOAM_DEMO_CLUSTER:-demo}
+SERVER_TYPE=${JEROBOAM_DEMO_SERVER_TYPE:-local}
 CERTS=${JEROBOAM_DEMO_CERTS:-${JEROBOAM_DATA_DIR:-$ROOT/.data}/$NAME-certs}
 SERVICE=$NAME-web
 
@@ -37,14 +39,16 @@ def say(text):
 # ("latest" for one already in progress, "-" for none). A failed cluster is deleted first.
 started=$(date +%s.%N)
 while true; do
-  read -r CLUSTER TASK < <("$PY" - "$URL" "$NAME" < <(printf '%s\n' "$CALL"; cat <<'EOF'
-URL, name = sys.argv[1:]
+  read -r CLUSTER TASK < <("$PY" - "$URL" "$NAME" "$SERVER_TYPE" < <(printf '%s\n' "$CALL"; cat <<'EOF'
+URL, name, server_type = sys.argv[1:]
 template = f"{name}-swarm"
 if call("GET", f"/v1/clustertemplates/{template}")[0] == 404:
     status, body, _ = call("POST", "/v1/clustertemplates", {
-        "name": template, "coe": "swarm-mode", "image_id": "jeroboam-node", "server_type": "local"})
+        "name": template, "coe": "swarm-mode", "image_id": "jeroboam-node",
+        "server_type": server_type})
     assert status == 201, body
-    say(f"cluster template {template} created (coe swarm-mode, image jeroboam-node, server_type local)")
+    say(f"cluster template {template} created (coe swarm-mode, image jeroboam-node, "
+        f"server_type {server_type})")
 status, cluster, _ = call("GET", f"/v1/clusters/{name}")
 if status == 200 and cluster["status"].endswith("_FAILED"):
     say(f"cluster {name} is {cluster['status']} ({cluster['status_reason']}): deleting it")
@@ -121,7 +125,8 @@ create=(docker service create --detach --quiet --name "$SERVICE" --replicas 3 --
         --no-resolve-image --stop-grace-period 1s busybox:latest httpd -f -p 8080)
 echo "\$ ${create[*]}"
 "${create[@]}" >/dev/null
-for _ in $(seq 1 300); do
+deadline=$((SECONDS + 300))  # a VM node under TCG takes its time
+while ((SECONDS < deadline)); do
   running=$(docker service ps "$SERVICE" --filter desired-state=running \
     --format '{{.CurrentState}}' | grep -c '^Running' || true)
   [[ $running -eq 3 ]] && break

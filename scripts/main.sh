@@ -8,6 +8,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 bash scripts/host-prereqs.sh
 bash scripts/build-kubernetes.sh   # the kubernetes driver's binaries (cached after the first run)
+bash scripts/build-vm-images.sh >/dev/null   # server_type vm's node images (cached likewise)
 source scripts/setup.sh
 DATA=${JEROBOAM_DATA_DIR:-$ROOT/.data}
 BIND=${JEROBOAM_BIND:-127.0.0.1:9511}
@@ -34,6 +35,10 @@ if [[ -x scripts/demo-cluster.sh ]]; then
 fi
 if [[ ${JEROBOAM_DEMO_KUBERNETES:-1} != 0 ]]; then
   bash scripts/demo-kubernetes.sh "$URL"
+fi
+# The same swarm on QEMU VMs: minutes under TCG on a busy host, hence off by default.
+if [[ ${JEROBOAM_DEMO_VM:-0} != 0 ]]; then
+  JEROBOAM_DEMO_CLUSTER=demo-vm JEROBOAM_DEMO_SERVER_TYPE=vm bash scripts/demo-cluster.sh "$URL"
 fi
 
 cat <<EOT

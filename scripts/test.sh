@@ -6,6 +6,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 bash scripts/host-prereqs.sh
 bash scripts/build-kubernetes.sh   # the kubernetes driver's binaries (cached after the first run)
+bash scripts/build-vm-images.sh >/dev/null   # the vm provider's node images (cached likewise)
 JEROBOAM_EXTRAS=test source scripts/setup.sh
 JEROBOAM_TEST_POSTGRES=$(bash scripts/postgres.sh)
 JEROBOAM_TEST_MARIADB=$(bash scripts/mariadb.sh)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -237,3 +240,22 @@ def unprivileged_as(pid: int, user) -> None:
     assert {name: int(fields[name], 16) for name in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")} == {
         "CapInh": 0, "CapPrm": 0, "CapEff": 0, "CapBnd": 0, "CapAmb": 0}
     assert fields["NoNewPrivs"] == "1"
+
+
+@contextlib.contextmanager
+def scratch_provider(make, prefix: str):
+    """``make(state_dir)``'s provider on a new temporary state directory, under a name prefix of
+    the tests' own. One session at a time owns the prefix's names (and removes what a killed
+    session left)."""
+    with open(f"/tmp/{prefix}-tests.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        # short: unix socket paths under it must stay below 108 bytes
+        state = tempfile.mkdtemp(prefix=f"{prefix}-", dir="/tmp")
+        provider = make(state)
+        try:
+            provider.setup()
+            provider.remove_leftovers([], [])
+            yield provider
+        finally:
+            provider.remove_leftovers([], [])
+            shutil.rmtree(state, ignore_errors=True)

@@ -196,7 +196,7 @@ class _KubeStack(ClusterStack):
         parallel(lambda p: knodes.start(p[0], knodes.processes(p[0], spec, p[1]), names), pairs)
 
     def wait_api(self) -> None:
-        wait_api(self.api())
+        wait_api(self.api(), API_TIMEOUT * self.provider.time_scale)
 
     def route_pods(self) -> None:
         """A route from every node to each other node's podCIDR."""
@@ -206,7 +206,8 @@ class _KubeStack(ClusterStack):
 
     def wait_ready(self) -> None:
         spec, pairs = self.layout()
-        wait_ready(self.api(spec), {m.hostname: m.pod_cidr for _, m in pairs})
+        wait_ready(self.api(spec), {m.hostname: m.pod_cidr for _, m in pairs},
+                   NODES_TIMEOUT * self.provider.time_scale)
 
     def drain(self, names: list[str]) -> None:
         """Cordon, drain and delete the Node objects of nodes about to go."""

@@ -86,7 +86,9 @@ class _ClusterStack(ClusterStack):
 
     def form_swarm(self, groups: list[NodeGroup]) -> None:
         managers, workers = self.roles(groups)
-        swarm.form_swarm(managers, workers, timeout=SWARM_TIMEOUT)
+        scale = self.provider.time_scale
+        swarm.form_swarm(managers, workers, heartbeat=swarm.DEFAULT_HEARTBEAT * scale,
+                         timeout=SWARM_TIMEOUT * scale)
 
     def report(self, groups: list[NodeGroup]) -> None:
         members = self.members(groups)

@@ -152,6 +152,9 @@ class Provider(abc.ABC):
     server_type: str
     network_type: str  # orchestration resource type names
     node_type: str
+    # How many times slower than a namespace node this provider's nodes answer: drivers
+    # stretch their liveness timings (heartbeats, formation timeouts) by it.
+    time_scale: float = 1.0
 
     @classmethod
     @abc.abstractmethod

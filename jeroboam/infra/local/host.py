@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import signal
 import subprocess
@@ -45,6 +47,34 @@ def netns_names() -> list[str]:
         return sorted(os.listdir(NETNS_DIR))
     except FileNotFoundError:
         return []
+
+
+def taken_subnets(known: list) -> list:
+    """``known`` networks plus every destination of the host's routes (any table)."""
+    nets = list(known)
+    for route in json.loads(run(["ip", "-4", "-j", "route", "show", "table", "all"],
+                                "read host routes") or "[]"):
+        if route.get("dst", "default") != "default":
+            nets.append(ipaddress.ip_network(route["dst"], strict=False))
+    return nets
+
+
+def check_subnet(net, known: list):
+    clash = [str(t) for t in taken_subnets(known) if net.overlaps(t)]
+    if clash:
+        raise InfraError("allocate network", f"{net} overlaps host routes or networks {clash}")
+    return net
+
+
+def free_subnet(pools, known: list):
+    """The first /24 of ``pools`` overlapping neither ``known`` networks nor host routes."""
+    taken = taken_subnets(known)
+    for pool in pools:
+        for net in pool.subnets(new_prefix=max(pool.prefixlen, 24)):
+            if not any(net.overlaps(t) for t in taken):
+                return net
+    raise InfraError("allocate network", "every /24 of the address pools "
+                     f"{[str(p) for p in pools]} overlaps a host route or network")
 
 
 # --- processes -------------------------------------------------------------------------

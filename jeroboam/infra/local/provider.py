@@ -35,7 +35,7 @@ from pathlib import Path
 import docker
 
 from jeroboam.infra.base import Node, ProcessSpec, Provider
-from jeroboam.pki import KeyPair, issue_server_cert
+from jeroboam.pki import KeyPair, issue_client_cert, issue_server_cert
 
 from . import host
 from .clients import ping, socket_client
@@ -81,16 +81,24 @@ exec "$@"
 
 
 @dataclass(frozen=True)
-class NetworkInfo:
+class NetworkRecord:
+    """A network as a provider keeping records (NodeStore) knows it."""
+
     network_id: str
-    name: str  # the bridge's name; the resource's physical id
+    name: str  # the resource's physical id
     subnet: str
     gateway: str
-    mac: str
 
     @property
     def prefixlen(self) -> int:
         return ipaddress.ip_network(self.subnet).prefixlen
+
+
+@dataclass(frozen=True)
+class NetworkInfo(NetworkRecord):
+    """A local network (its name is its bridge's)."""
+
+    mac: str
 
 
 @dataclass(frozen=True)
@@ -102,22 +110,18 @@ class NodeSpec:
 
 
 @dataclass(frozen=True)
-class NodeInfo(Node):
-    """A local node: its state, and (through its provider) the Node operations."""
+class NodeRecord(Node):
+    """A node as a provider keeping records (NodeStore) knows it; its provider does the rest."""
 
     node_id: str
-    name: str  # netns name and cgroup parent; the resource's physical id
+    name: str  # the resource's physical id
     network_id: str
     hostname: str
     address: str
     mac: str
     state_dir: str
     images: tuple[ImageTarball, ...] = field(default=())
-    provider: LocalProvider | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def socket_path(self) -> str:
-        return f"{self.state_dir}/docker.sock"
+    provider: Provider | None = field(default=None, compare=False, repr=False)
 
     @property
     def api_address(self) -> str:
@@ -126,6 +130,19 @@ class NodeInfo(Node):
     @property
     def cgroup_parent(self) -> str:
         return f"/{self.name}"
+
+    def attributes(self) -> dict:
+        return {"name": self.name, "hostname": self.hostname, "address": self.address,
+                "api_address": self.api_address, "mac": self.mac}
+
+
+@dataclass(frozen=True)
+class NodeInfo(NodeRecord):
+    """A local node (its name is its netns's name and its cgroup parent)."""
+
+    @property
+    def socket_path(self) -> str:
+        return f"{self.state_dir}/docker.sock"
 
     def client(self, timeout: float = 30) -> docker.DockerClient:
         """An SDK client on the node's unix socket (close it after use)."""
@@ -168,9 +185,6 @@ class NodeInfo(Node):
     def process_log(self, name: str) -> str:
         return f"{self.state_dir}/{name}.log"
 
-    def attributes(self) -> dict:
-        return {"name": self.name, "hostname": self.hostname, "address": self.address,
-                "api_address": self.api_address, "mac": self.mac}
 
 
 def scoped(stack_id: str, ident: str) -> str:
@@ -196,36 +210,303 @@ def _node_mac(network_id: str, address: str) -> str:
     return f"06:{digest[0:2]}:{digest[2:4]}:" + ":".join(f"{o:02x}" for o in octets)
 
 
-class LocalProvider(Provider):
-    server_type = "local"
-    network_type = NETWORK_TYPE
-    node_type = NODE_TYPE
+class NodeStore(Provider):
+    """What providers keeping their networks and nodes as JSON files in a state directory
+    share: names, locks, records, address allocation, create/adopt. A subclass sets
+    ``network_info``/``node_info`` (the dataclasses of its records) and brings
+    ``_new_network``, ``_ensure_network``, ``_network_present``, ``_remove_network``,
+    ``_networks_on_host``, ``_allocate_node``, ``_start``, ``_check_running``, ``stop_node``,
+    ``destroy_nodes`` and ``_nodes_on_host``."""
+
+    network_info: type
+    node_info: type
+    start_timeout: float = 60  # start_nodes' and wait_nodes' default bound
+    wait_interval: float = 0.02  # between checks of a starting node
+    client_cert = False  # whether our clients reach a node's dockerd over TLS (no unix socket)
     scoped = staticmethod(scoped)
 
-    def __init__(self, state_dir: str = DEFAULT_STATE_DIR, *, prefix: str = "jb",
-                 address_pools: tuple[str, ...] | None = None, storage_driver: str = "vfs",
-                 iptables: bool = True, docker_bridge: bool = False, log_level: str = "warn"):
+    def __init__(self, state_dir: str, prefix: str, address_pools: tuple[str, ...]):
         if not re.fullmatch(r"[a-z][a-z0-9]{1,3}", prefix):
             raise ValueError("prefix must be 2-4 lowercase letters or digits (link names <= 15)")
         self.state_dir = Path(state_dir).resolve()
         self.prefix = prefix
+        self.address_pools = tuple(ipaddress.ip_network(p) for p in address_pools)
+        self.base_image = ImageTarball(str(self.state_dir / "images" / "busybox.tar"), BASE_IMAGE)
+        self._node_re = re.compile(rf"{prefix}-([0-9a-f]{{10}})")
+        self._lock = threading.Lock()
+        self._node_locks: dict[str, threading.Lock] = {}
+        self._set_up = False
+
+    def network_resource(self, network_id: str) -> dict:
+        return {"type": self.network_type, "properties": {"network_id": network_id}}
+
+    def node_resource(self, node_id: str, network, hostname: str, ca_cert, ca_key,
+                      images) -> dict:
+        return {"type": self.node_type, "properties": {
+            "node_id": node_id, "network": network, "hostname": hostname,
+            "ca_cert": ca_cert, "ca_key": ca_key, "images": images}}
+
+    @contextmanager
+    def _locked(self):
+        """Serialises address allocation across threads and processes."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / "lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    def _node_lock(self, name: str) -> threading.Lock:
+        with self._lock:
+            return self._node_locks.setdefault(name, threading.Lock())
+
+    def node_name(self, node_id: str) -> str:
+        return f"{self.prefix}-{_digest('node', node_id)[:10]}"
+
+    def _node_dir(self, name: str) -> Path:
+        return self.state_dir / "nodes" / name
+
+    # --- records -----------------------------------------------------------------------
+
+    def get_network(self, network_id: str):
+        return self._load_network(self.network_name(network_id))
+
+    def _load_network(self, name: str):
+        data = _read_json(self.state_dir / "networks" / f"{name}.json")
+        return self.network_info(**data) if data else None
+
+    def networks(self) -> list:
+        return [self.network_info(**d)
+                for p in sorted((self.state_dir / "networks").glob("*.json"))
+                if (d := _read_json(p))]
+
+    def get_node(self, name: str):
+        return self._load_node(name)
+
+    def nodes(self) -> list:
+        return self._nodes()
+
+    def _load_node(self, name: str):
+        data = _read_json(self._node_dir(name) / "node.json")
+        if not data:
+            return None
+        data["images"] = tuple(ImageTarball(**i) for i in data["images"])
+        return self.node_info(name=name, state_dir=str(self._node_dir(name)), provider=self,
+                              **data)
+
+    def _nodes(self) -> list:
+        # glob, not iterdir: before the first node (a cluster deleted at once) there is no dir
+        return [n for p in sorted((self.state_dir / "nodes").glob("*"))
+                if (n := self._load_node(p.name))]
+
+    def _save_node(self, info) -> None:
+        record = {k: getattr(info, k) for k in ("node_id", "network_id", "hostname", "address",
+                                                "mac")}
+        record["images"] = [asdict(i) for i in info.images]
+        _write_json(Path(info.state_dir) / "node.json", record)  # last: means "allocated"
+
+    def _hostname_and_address(self, spec: NodeSpec, name: str) -> tuple[str, str]:
+        """A new node's hostname (checked) and the first free address of its network."""
+        net = self.get_network(spec.network_id)
+        if net is None:
+            raise InfraError("create node", f"network {spec.network_id} does not exist")
+        hostname = spec.hostname or name
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}", hostname):
+            raise InfraError("create node", f"invalid hostname {hostname!r}")
+        used = {n.address for n in self._nodes() if n.network_id == spec.network_id}
+        subnet = ipaddress.ip_network(net.subnet)
+        free = (str(a) for i, a in enumerate(subnet.hosts(), 1)
+                if i >= FIRST_NODE_HOST and str(a) not in used)
+        address = next(free, None)
+        if address is None:
+            raise InfraError("create node", f"no free address left in {net.subnet}")
+        return hostname, address
+
+    # --- networks ----------------------------------------------------------------------
+
+    def create_network(self, network_id: str, subnet: str | None = None):
+        """Create (or find) the network of ``network_id``; returns at once, nothing to wait
+        for. Its /24: ``subnet``, else the first of the address pools clashing with nothing."""
+        self.setup()
+        name = self.network_name(network_id)
+        with self._locked():
+            info = self._load_network(name)
+            if info is None:
+                taken = [ipaddress.ip_network(n.subnet) for n in self.networks()]
+                net = host.check_subnet(ipaddress.ip_network(subnet), taken) if subnet \
+                    else host.free_subnet(self.address_pools, taken)
+                info = self._new_network(network_id, name, net)
+                _write_json(self.state_dir / "networks" / f"{name}.json", asdict(info))
+            self._ensure_network(info)
+        return info
+
+    def delete_network(self, network_id: str) -> None:
+        """Delete the network; refused while nodes are still attached."""
+        name = self.network_name(network_id)
+        with self._locked():
+            attached = [n.name for n in self._nodes() if n.network_id == network_id]
+            if attached:
+                raise InfraError("delete network", f"{name} still has nodes {attached}")
+            self._remove_network(name)
+
+    def network_deleted(self, network_id: str) -> bool:
+        name = self.network_name(network_id)
+        return not self._network_present(name) and self._load_network(name) is None
+
+    # --- create, restart, adopt ----------------------------------------------------------
+
+    def create_node(self, spec: NodeSpec, ca: KeyPair):
+        """Start the node (address, certificate, network, dockerd) and return without waiting.
+
+        ``ca`` is the cluster CA; the node gets a server certificate for its address from it.
+        Poll :meth:`check_node_create` until it returns True.
+        """
+        self.setup()
+        name = self.node_name(spec.node_id)
+        with self._locked():
+            info = self._load_node(name) or self._allocate_node(spec, name, ca)
+        self._start(info)
+        return info
+
+    def start_nodes(self, specs: list[NodeSpec], ca: KeyPair, timeout: float | None = None):
+        """Create several nodes and wait until all of them answer with their images in."""
+        infos = [self.create_node(spec, ca) for spec in specs]
+        self.wait_nodes([i.name for i in infos], timeout or self.start_timeout)
+        return infos
+
+    def check_node_create(self, name: str) -> bool:
+        """True once the node's dockerd answers and holds its images; raises if it died."""
+        info = self.get_node(name)
+        if info is None:
+            raise InfraError("start dockerd", f"{name}: no such node")
+        if info.ping():
+            with closing(info.client(timeout=120)) as client:
+                try:
+                    ensure_images(client, [self.base_image, *info.images])
+                except docker.errors.APIError as exc:
+                    raise InfraError("import images", f"{name}: {exc}") from None
+            return True
+        self._check_running(info)
+        return False
+
+    def wait_nodes(self, names: list[str], timeout: float | None = None) -> None:
+        def wait(name: str) -> None:
+            wait_until(lambda: self.check_node_create(name), timeout or self.start_timeout,
+                       f"start node {name}", interval=self.wait_interval,
+                       detail=lambda: self._start_detail(name))
+        if names:
+            with ThreadPoolExecutor(max_workers=len(names)) as pool:
+                for future in [pool.submit(wait, n) for n in names]:
+                    future.result()
+
+    def _start_detail(self, name: str) -> str:
+        """What a start that timed out says besides (e.g. a console's last lines)."""
+        return ""
+
+    def _found(self) -> tuple[set[str], set[str]]:
+        """Names of the nodes and networks of ours here, whatever is left of them (what the
+        state directory records and what the host has under our names)."""
+        nodes = {p.name for p in (self.state_dir / "nodes").glob("*")} | self._nodes_on_host()
+        nets = {p.stem for p in (self.state_dir / "networks").glob("*.json")}
+        return nodes, nets | self._networks_on_host()
+
+    def _remove(self, nodes: set[str], nets: set[str], timeout: float) -> list[str]:
+        self.destroy_nodes(sorted(nodes), timeout)
+        for name in sorted(nets):
+            self._remove_network(name)
+        return sorted(nodes) + sorted(nets)
+
+    def remove_leftovers(self, node_ids: list[str], network_ids: list[str],
+                         timeout: float = 60) -> list[str]:
+        """Remove every node and network of ours not in the lists. Returns the names removed."""
+        nodes, nets = self._found()
+        nodes -= {self.node_name(i) for i in node_ids}
+        nets -= {self.network_name(i) for i in network_ids}
+        with self._locked():
+            return self._remove(nodes, nets, timeout)
+
+    def remove_debris(self, timeout: float = 60) -> list[str]:
+        # Records read, and debris removed, under the allocation lock: a node's or network's
+        # record is written under it before anything else of it is made (and a network's
+        # deleted under it), so what has none then is debris, and none gets one meanwhile.
+        # A node being deleted loses its record last, once only its directory is left.
+        nodes, nets = self._found()  # before: it reads every process's namespaces
+        with self._locked():
+            nodes -= {n.name for n in self._nodes()}
+            nets -= {n.name for n in self.networks()}
+            return self._remove(nodes, nets, timeout)
+
+    def restart_node(self, name: str, ca: KeyPair | None = None) -> None:
+        """Restart the node on its data (swarm membership survives); with ``ca``, re-issue
+        its server certificate first (CA rotation). Poll check_node_create after."""
+        info = self.get_node(name)
+        if info is None:
+            raise InfraError("restart node", f"{name}: no such node")
+        self.stop_node(name)
+        if ca is not None:
+            self._write_tls(info, ca)
+        self._start(info)
+
+    def _write_tls(self, info, ca: KeyPair) -> None:
+        """The node's TLS files from ``ca``: the CA, dockerd's server certificate, and with
+        ``client_cert`` one for our own clients."""
+        server = issue_server_cert(ca, info.hostname, ip_addresses=[info.address],
+                                   dns_names=sorted({info.hostname, info.name}))
+        files = [("ca.pem", ca.cert_pem), ("server-cert.pem", server.cert_pem),
+                 ("server-key.pem", server.key_pem)]
+        if self.client_cert:
+            client = issue_client_cert(ca, f"jeroboam-{self.server_type}-{info.name}")
+            files += [("client-cert.pem", client.cert_pem), ("client-key.pem", client.key_pem)]
+        for fname, text in files:
+            _write_private(Path(info.state_dir) / "tls" / fname, text)
+
+    def restart_with_ca(self, name: str, ca: KeyPair) -> None:
+        """Restart the node's dockerd with a server certificate from ``ca`` unless its
+        certificate already comes from it (a retry, or a rotation that already rolled over
+        this node); poll ``check_node_create`` after."""
+        info = self.get_node(name)
+        if info is None:
+            raise InfraError("restart node", f"{name}: no such node")
+        if Path(info.state_dir, "tls", "ca.pem").read_text() != ca.cert_pem:
+            self.restart_node(name, ca=ca)
+
+    def adopt(self, network_ids: list[str], node_ids: list[str]) -> dict:
+        """Find the given networks and nodes on the host (after a restart of ours or of the
+        host), re-create what is missing of the networks and start the nodes that are down.
+        Returns node id -> node (None: nothing known); wait for them with :meth:`wait_nodes`."""
+        self.setup()
+        for network_id in network_ids:
+            net = self.get_network(network_id)
+            if net is not None:
+                self._ensure_network(net)
+        found = {}
+        for node_id in node_ids:
+            info = self._load_node(self.node_name(node_id))
+            if info is not None and self.get_network(info.network_id) is not None:
+                self._start(info)
+            found[node_id] = info
+        return found
+
+
+class LocalProvider(NodeStore):
+    server_type = "local"
+    network_type = NETWORK_TYPE
+    node_type = NODE_TYPE
+    network_info = NetworkInfo
+    node_info = NodeInfo
+
+    def __init__(self, state_dir: str = DEFAULT_STATE_DIR, *, prefix: str = "jb",
+                 address_pools: tuple[str, ...] | None = None, storage_driver: str = "vfs",
+                 iptables: bool = True, docker_bridge: bool = False, log_level: str = "warn"):
+        super().__init__(state_dir, prefix, address_pools or DEFAULT_ADDRESS_POOLS)
         longest = f"{self.state_dir}/nodes/{prefix}-{'0' * 10}/exec/containerd/containerd.sock"
         if len(longest) > MAX_UNIX_PATH:
             raise ValueError(f"state_dir too long for unix socket paths: {longest}")
-        self.address_pools = tuple(ipaddress.ip_network(p) for p in
-                                   (address_pools or DEFAULT_ADDRESS_POOLS))
         self.storage_driver = storage_driver
         self.iptables = iptables
         self.docker_bridge = docker_bridge
         self.log_level = log_level
-        self.base_image = ImageTarball(str(self.state_dir / "images" / "busybox.tar"), BASE_IMAGE)
-        self._node_re = re.compile(rf"{prefix}-([0-9a-f]{{10}})")
         self._veth_re = re.compile(rf"{prefix}v([0-9a-f]{{10}})")
         self._bridge_re = re.compile(rf"{prefix}b[0-9a-f]{{10}}")
         self._daemon_marker = re.compile(re.escape(f"{self.state_dir}/nodes/") + r"([^/]+)/")
-        self._lock = threading.Lock()
-        self._node_locks: dict[str, threading.Lock] = {}
-        self._set_up = False
 
     @classmethod
     def from_settings(cls, settings) -> LocalProvider:
@@ -257,112 +538,28 @@ class LocalProvider(Provider):
     def has_state(self) -> bool:
         return self.state_dir.exists()
 
-    # --- stack fragments ---------------------------------------------------------------
-
-    def network_resource(self, network_id: str) -> dict:
-        return {"type": NETWORK_TYPE, "properties": {"network_id": network_id}}
-
-    def node_resource(self, node_id: str, network, hostname: str, ca_cert, ca_key,
-                      images) -> dict:
-        return {"type": NODE_TYPE, "properties": {
-            "node_id": node_id, "network": network, "hostname": hostname,
-            "ca_cert": ca_cert, "ca_key": ca_key, "images": images}}
-
-    @contextmanager
-    def _locked(self):
-        """Serialises address allocation across threads and processes."""
-        with open(self.state_dir / "lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            yield
-
-    def _node_lock(self, name: str) -> threading.Lock:
-        with self._lock:
-            return self._node_locks.setdefault(name, threading.Lock())
-
     # --- names -------------------------------------------------------------------------
 
     def network_name(self, network_id: str) -> str:
         return f"{self.prefix}b{_digest('network', network_id)[:10]}"
 
-    def node_name(self, node_id: str) -> str:
-        return f"{self.prefix}-{_digest('node', node_id)[:10]}"
-
     def _veth(self, node_name: str) -> str:
         return f"{self.prefix}v{node_name[len(self.prefix) + 1:]}"
 
-    def _node_dir(self, name: str) -> Path:
-        return self.state_dir / "nodes" / name
-
     # --- networks ----------------------------------------------------------------------
 
-    def create_network(self, network_id: str, subnet: str | None = None) -> NetworkInfo:
-        """Create (or find) the bridge of ``network_id``; returns at once, nothing to wait for."""
-        self.setup()
-        name = self.network_name(network_id)
-        with self._locked():
-            info = self._load_network(name)
-            if info is None:
-                net = self._check_subnet(ipaddress.ip_network(subnet)) if subnet \
-                    else self._free_subnet()
-                info = NetworkInfo(network_id, name, str(net), str(net[1]),
-                                   _bridge_mac(network_id))
-                _write_json(self.state_dir / "networks" / f"{name}.json", asdict(info))
-            self._ensure_bridge(info)
-        return info
+    def _new_network(self, network_id: str, name: str, net) -> NetworkInfo:
+        return NetworkInfo(network_id, name, str(net), str(net[1]), _bridge_mac(network_id))
 
-    def get_network(self, network_id: str) -> NetworkInfo | None:
-        return self._load_network(self.network_name(network_id))
-
-    def delete_network(self, network_id: str) -> None:
-        """Delete the bridge; refused while nodes are still attached."""
-        name = self.network_name(network_id)
-        with self._locked():
-            attached = [n.name for n in self._nodes() if n.network_id == network_id]
-            if attached:
-                raise InfraError("delete network", f"{name} still has nodes {attached}")
-            self._remove_network(name)
-
-    def network_deleted(self, network_id: str) -> bool:
-        name = self.network_name(network_id)
-        return not host.link_exists(name) and self._load_network(name) is None
+    def _network_present(self, name: str) -> bool:
+        return host.link_exists(name)
 
     def _remove_network(self, name: str) -> None:
         if host.link_exists(name):
             host.run(["ip", "link", "del", name], "delete bridge")
         (self.state_dir / "networks" / f"{name}.json").unlink(missing_ok=True)
 
-    def _load_network(self, name: str) -> NetworkInfo | None:
-        data = _read_json(self.state_dir / "networks" / f"{name}.json")
-        return NetworkInfo(**data) if data else None
-
-    def networks(self) -> list[NetworkInfo]:
-        return [NetworkInfo(**d) for p in sorted((self.state_dir / "networks").glob("*.json"))
-                if (d := _read_json(p))]
-
-    def _taken_subnets(self) -> list:
-        nets = [ipaddress.ip_network(n.subnet) for n in self.networks()]
-        for route in json.loads(host.run(["ip", "-4", "-j", "route", "show", "table", "all"],
-                                         "read host routes") or "[]"):
-            if route.get("dst", "default") != "default":
-                nets.append(ipaddress.ip_network(route["dst"], strict=False))
-        return nets
-
-    def _check_subnet(self, net):
-        clash = [str(t) for t in self._taken_subnets() if net.overlaps(t)]
-        if clash:
-            raise InfraError("allocate network", f"{net} overlaps host routes or networks {clash}")
-        return net
-
-    def _free_subnet(self):
-        taken = self._taken_subnets()
-        for pool in self.address_pools:
-            for net in pool.subnets(new_prefix=max(pool.prefixlen, 24)):
-                if not any(net.overlaps(t) for t in taken):
-                    return net
-        raise InfraError("allocate network", "every /24 of the address pools "
-                         f"{[str(p) for p in self.address_pools]} overlaps a host route or network")
-
-    def _ensure_bridge(self, info: NetworkInfo) -> None:
+    def _ensure_network(self, info: NetworkInfo) -> None:
         cmds = [] if host.link_exists(info.name) else \
             [f"link add {info.name} address {info.mac} type bridge"]
         host.ip_batch(cmds + [f"addr replace {info.gateway}/{info.prefixlen} dev {info.name}",
@@ -370,87 +567,17 @@ class LocalProvider(Provider):
 
     # --- nodes: create -----------------------------------------------------------------
 
-    def create_node(self, spec: NodeSpec, ca: KeyPair) -> NodeInfo:
-        """Start the node (address, certificate, netns, dockerd) and return without waiting.
-
-        ``ca`` is the cluster CA; the node gets a server certificate for its address from it.
-        Poll :meth:`check_node_create` until it returns True.
-        """
-        self.setup()
-        name = self.node_name(spec.node_id)
-        with self._locked():
-            info = self._load_node(name) or self._allocate_node(spec, name, ca)
-        self._start(info)
-        return info
-
-    def start_nodes(self, specs: list[NodeSpec], ca: KeyPair,
-                    timeout: float = 60) -> list[NodeInfo]:
-        """Create several nodes and wait until all of them answer with their images in."""
-        infos = [self.create_node(spec, ca) for spec in specs]
-        self.wait_nodes([i.name for i in infos], timeout)
-        return infos
-
-    def check_node_create(self, name: str) -> bool:
-        """True once the node's dockerd answers and holds its images; raises if it died."""
-        info = self.get_node(name)
-        if info is None:
-            raise InfraError("start dockerd", f"{name}: no such node")
-        if ping(info.socket_path):
-            with closing(info.client()) as client:
-                try:
-                    ensure_images(client, [self.base_image, *info.images])
-                except docker.errors.APIError as exc:
-                    raise InfraError("import images", f"{name}: {exc}") from None
-            return True
+    def _check_running(self, info: NodeInfo) -> None:
         if self._dockerd_pid(info) is None:
-            raise InfraError("start dockerd", f"{name}: dockerd exited: {self._log_tail(info)}")
-        return False
-
-    def wait_nodes(self, names: list[str], timeout: float = 60) -> None:
-        def wait(name: str) -> None:
-            wait_until(lambda: self.check_node_create(name), timeout, f"start node {name}",
-                       interval=0.02)
-        if names:
-            with ThreadPoolExecutor(max_workers=len(names)) as pool:
-                for future in [pool.submit(wait, n) for n in names]:
-                    future.result()
-
-    def get_node(self, name: str) -> NodeInfo | None:
-        return self._load_node(name)
-
-    def nodes(self) -> list[NodeInfo]:
-        return self._nodes()
+            raise InfraError("start dockerd", f"{info.name}: dockerd exited: "
+                             f"{self._log_tail(info)}")
 
     def node_running(self, name: str) -> bool:
         info = self._load_node(name)
         return info is not None and self._dockerd_pid(info) is not None
 
-    def _load_node(self, name: str) -> NodeInfo | None:
-        data = _read_json(self._node_dir(name) / "node.json")
-        if not data:
-            return None
-        data["images"] = tuple(ImageTarball(**i) for i in data["images"])
-        return NodeInfo(name=name, state_dir=str(self._node_dir(name)), provider=self, **data)
-
-    def _nodes(self) -> list[NodeInfo]:
-        # glob, not iterdir: before the first node (a cluster deleted at once) there is no dir
-        return [n for p in sorted((self.state_dir / "nodes").glob("*"))
-                if (n := self._load_node(p.name))]
-
     def _allocate_node(self, spec: NodeSpec, name: str, ca: KeyPair) -> NodeInfo:
-        net = self.get_network(spec.network_id)
-        if net is None:
-            raise InfraError("create node", f"network {spec.network_id} does not exist")
-        hostname = spec.hostname or name
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}", hostname):
-            raise InfraError("create node", f"invalid hostname {hostname!r}")
-        used = {n.address for n in self._nodes() if n.network_id == spec.network_id}
-        subnet = ipaddress.ip_network(net.subnet)
-        free = (str(a) for i, a in enumerate(subnet.hosts(), 1)
-                if i >= FIRST_NODE_HOST and str(a) not in used)
-        address = next(free, None)
-        if address is None:
-            raise InfraError("create node", f"no free address left in {net.subnet}")
+        hostname, address = self._hostname_and_address(spec, name)
         d = self._node_dir(name)
         info = NodeInfo(spec.node_id, name, spec.network_id, hostname, address,
                         _node_mac(spec.network_id, address), str(d), tuple(spec.images), self)
@@ -458,19 +585,8 @@ class LocalProvider(Provider):
             (d / sub).mkdir(parents=True, exist_ok=True)
         (d / "daemon.json").write_text("{}\n")  # keeps dockerd off /etc/docker/daemon.json
         self._write_tls(info, ca)
-        record = {k: getattr(info, k) for k in ("node_id", "network_id", "hostname", "address",
-                                                "mac")}
-        record["images"] = [asdict(i) for i in info.images]
-        _write_json(d / "node.json", record)  # last: its presence means "allocated"
+        self._save_node(info)
         return info
-
-    def _write_tls(self, info: NodeInfo, ca: KeyPair) -> None:
-        server = issue_server_cert(ca, info.hostname, ip_addresses=[info.address],
-                                   dns_names=sorted({info.hostname, info.name}))
-        tls = Path(info.state_dir) / "tls"
-        for fname, text in (("ca.pem", ca.cert_pem), ("server-cert.pem", server.cert_pem),
-                            ("server-key.pem", server.key_pem)):
-            _write_private(tls / fname, text)
 
     def _start(self, info: NodeInfo) -> None:
         with self._node_lock(info.name):
@@ -601,27 +717,6 @@ class LocalProvider(Provider):
                     host.kill([pid])
             self._kill_processes(name)
 
-    def restart_node(self, name: str, ca: KeyPair | None = None) -> None:
-        """Restart the node's dockerd on its data (swarm membership survives); with ``ca``,
-        re-issue its server certificate first (CA rotation). Poll check_node_create after."""
-        info = self.get_node(name)
-        if info is None:
-            raise InfraError("restart node", f"{name}: no such node")
-        self.stop_node(name)
-        if ca is not None:
-            self._write_tls(info, ca)
-        self._start(info)
-
-    def restart_with_ca(self, name: str, ca: KeyPair) -> None:
-        """Restart the node's dockerd with a server certificate from ``ca`` unless its
-        certificate already comes from it (a retry, or a rotation that already rolled over
-        this node); poll ``check_node_create`` after."""
-        info = self.get_node(name)
-        if info is None:
-            raise InfraError("restart node", f"{name}: no such node")
-        if Path(info.state_dir, "tls", "ca.pem").read_text() != ca.cert_pem:
-            self.restart_node(name, ca=ca)
-
     def delete_node(self, name: str) -> None:
         """Begin deleting a node: kill its processes, remove its veth and netns. Idempotent;
         poll :meth:`check_node_delete` until True."""
@@ -698,62 +793,15 @@ class LocalProvider(Provider):
 
     # --- restart safety ----------------------------------------------------------------
 
-    def adopt(self, network_ids: list[str], node_ids: list[str]) -> dict[str, NodeInfo | None]:
-        """Find the given networks and nodes on the host (after a restart of ours or of the
-        host), re-create missing bridges/netns and start dockerds that are down. Returns node
-        id -> NodeInfo (None: nothing known); wait for them with :meth:`wait_nodes`."""
-        self.setup()
-        for network_id in network_ids:
-            net = self.get_network(network_id)
-            if net is not None:
-                self._ensure_bridge(net)
-        found = {}
-        for node_id in node_ids:
-            info = self._load_node(self.node_name(node_id))
-            if info is not None and self.get_network(info.network_id) is not None:
-                self._start(info)
-            found[node_id] = info
-        return found
-
-    def _found(self) -> tuple[set[str], set[str]]:
-        """Names of the nodes and networks of ours here, whatever is left of them (state,
-        netns, veths, cgroups, processes, bridges)."""
-        nodes = {p.name for p in (self.state_dir / "nodes").glob("*")}
-        nodes |= {n for n in host.netns_names() if self._node_re.fullmatch(n)}
+    def _nodes_on_host(self) -> set[str]:
+        nodes = {n for n in host.netns_names() if self._node_re.fullmatch(n)}
         nodes |= {f"{self.prefix}-{m.group(1)}" for link in host.links()
                   if (m := self._veth_re.fullmatch(link))}
         nodes |= set(host.cgroup_names(self._node_re))
-        nodes |= set(self._processes_by_node().values())
-        nets = {p.stem for p in (self.state_dir / "networks").glob("*.json")}
-        nets |= {link for link in host.links() if self._bridge_re.fullmatch(link)}
-        return nodes, nets
+        return nodes | set(self._processes_by_node().values())
 
-    def _remove(self, nodes: set[str], nets: set[str], timeout: float) -> list[str]:
-        self.destroy_nodes(sorted(nodes), timeout)
-        for name in sorted(nets):
-            self._remove_network(name)
-        return sorted(nodes) + sorted(nets)
-
-    def remove_leftovers(self, node_ids: list[str], network_ids: list[str],
-                         timeout: float = 60) -> list[str]:
-        """Remove every node and network of ours not in the lists (state, netns, veths,
-        cgroups, processes, bridges). Returns the names removed."""
-        nodes, nets = self._found()
-        nodes -= {self.node_name(i) for i in node_ids}
-        nets -= {self.network_name(i) for i in network_ids}
-        with self._locked():
-            return self._remove(nodes, nets, timeout)
-
-    def remove_debris(self, timeout: float = 60) -> list[str]:
-        # Records read, and debris removed, under the allocation lock: a node's or network's
-        # record is written under it before anything else of it is made (and a network's
-        # deleted under it), so what has none then is debris, and none gets one meanwhile.
-        # A node being deleted loses its record last, once only its directory is left.
-        nodes, nets = self._found()  # before: it reads every process's namespaces
-        with self._locked():
-            nodes -= {n.name for n in self._nodes()}
-            nets -= {n.name for n in self.networks()}
-            return self._remove(nodes, nets, timeout)
+    def _networks_on_host(self) -> set[str]:
+        return {link for link in host.links() if self._bridge_re.fullmatch(link)}
 
     def inventory(self) -> dict[str, list[str]]:
         """What this provider has on the host, for leak checks (compare before and after)."""

@@ -33,13 +33,34 @@ START_TIMEOUT = 90
 DELETE_TIMEOUT = 60
 POLL = 0.05  # seconds between checks; a node starts in about 0.3 s
 
-_lock = threading.Lock()
-_providers: dict[str, LocalProvider] = {}
-_current: LocalProvider | None = None
+class ProcessProviders:
+    """A provider's one instance per state directory in this process, and the one its
+    orchestration resources act through (the one :meth:`configure` gave last). ``make(state,
+    settings)`` builds one on ``<state_path>/<subdir>``."""
 
+    def __init__(self, subdir: str, make):
+        self.subdir, self.make = subdir, make
+        self._lock = threading.Lock()
+        self._providers: dict = {}
+        self._current = None
 
-def state_dir(settings) -> str:
-    return str(Path(settings.get("DEFAULT", "state_path")) / "local")
+    def configure(self, settings):
+        """The provider of these settings (one per process), also the one the resources use."""
+        state = str(Path(settings.get("DEFAULT", "state_path")) / self.subdir)
+        with self._lock:
+            if state not in self._providers:
+                try:
+                    self._providers[state] = self.make(state, settings)
+                except ValueError as exc:  # e.g. a state_path too long for unix socket paths
+                    raise InfraError(f"set up the {self.subdir} provider", str(exc)) from None
+            self._current = self._providers[state]
+            return self._current
+
+    def current(self):
+        if self._current is None:
+            raise InfraError(f"{self.subdir} provider", "not set up in this process (a driver "
+                             "sets it up when a worker starts; is it disabled?)")
+        return self._current
 
 
 def prefix_for(state: str) -> str:
@@ -50,25 +71,9 @@ def prefix_for(state: str) -> str:
     return "j" + "".join(alphabet[(digest >> (6 * i)) % 36] for i in range(3))
 
 
-def configure(settings) -> LocalProvider:
-    """The provider of these settings (one per process), also the one the resources use."""
-    global _current
-    state = state_dir(settings)
-    with _lock:
-        if state not in _providers:
-            try:
-                _providers[state] = LocalProvider(state, prefix=prefix_for(state))
-            except ValueError as exc:  # e.g. a state_path too long for unix socket paths
-                raise InfraError("set up the local provider", str(exc)) from None
-        _current = _providers[state]
-        return _current
-
-
-def current() -> LocalProvider:
-    if _current is None:
-        raise InfraError("local provider", "not set up in this process (the swarm_local "
-                         "driver sets it up when a worker starts; is it disabled?)")
-    return _current
+_local = ProcessProviders("local", lambda state, _: LocalProvider(state, prefix=prefix_for(state)))
+configure = _local.configure
+current = _local.current
 
 
 def image_path(provider: LocalProvider, path: str) -> str:
@@ -88,9 +93,14 @@ def _deadline(data: dict, key: str, timeout: float, step: str, what: str) -> Non
 
 
 class _LocalResource(Resource):
+    # the provider acting for these resources, and how its state directory is shown
+    # (subclasses for other providers override both)
+    provider = staticmethod(current)
+    state_label = "<state_path>/local"
+
     def failure_text(self, exc):
         # where the provider keeps its state is the operator's business, not the stack's project's
-        return str(exc).replace(str(current().state_dir), "<state_path>/local")
+        return str(exc).replace(str(self.provider().state_dir), self.state_label)
 
 
 class Network(_LocalResource):
@@ -112,18 +122,18 @@ class Network(_LocalResource):
         return scoped(self.stack.id, self.properties["network_id"])
 
     def create(self):
-        return current().create_network(self._id()).name
+        return self.provider().create_network(self._id()).name
 
     def delete(self):
-        provider = current()
+        provider = self.provider()
         if provider.get_network(self._id()) is not None:
             provider.delete_network(self._id())
 
     def check_delete_complete(self):
-        return current().network_deleted(self._id())
+        return self.provider().network_deleted(self._id())
 
     def get_attributes(self):
-        info = current().get_network(self._id())
+        info = self.provider().get_network(self._id())
         # network_id as the template knows it: nodes of the same stack name it so
         return {"name": info.name, "network_id": self.properties["network_id"], "subnet": info.subnet,
                 "gateway": info.gateway}
@@ -135,6 +145,9 @@ class Node(_LocalResource):
     an ``images`` change imports the new tarballs; other changes replace the node."""
 
     type_name = NODE_TYPE
+    start_timeout = START_TIMEOUT
+    delete_timeout = DELETE_TIMEOUT
+    poll = POLL
     properties_schema = {
         "type": "object", "additionalProperties": False,
         "required": ["node_id", "network", "ca_cert", "ca_key"],
@@ -158,13 +171,14 @@ class Node(_LocalResource):
     }
 
     def _name(self) -> str:
-        return self.physical_id or current().node_name(scoped(self.stack.id, self.properties["node_id"]))
+        return self.physical_id or \
+            self.provider().node_name(scoped(self.stack.id, self.properties["node_id"]))
 
     def _ca(self) -> KeyPair:
         return KeyPair(self.properties["ca_cert"], self.properties["ca_key"])
 
     def _images(self) -> tuple[ImageTarball, ...]:
-        return tuple(ImageTarball(image_path(current(), i["path"]), i.get("name"))
+        return tuple(ImageTarball(image_path(self.provider(), i["path"]), i.get("name"))
                      for i in self.properties["images"])
 
     def create(self):
@@ -172,14 +186,14 @@ class Node(_LocalResource):
         self.data.pop("started", None)
         spec = NodeSpec(scoped(self.stack.id, props["node_id"]), scoped(self.stack.id, props["network"]),
                         props.get("hostname"), self._images())
-        return current().create_node(spec, self._ca()).name
+        return self.provider().create_node(spec, self._ca()).name
 
     def _started(self, key: str) -> bool:
-        if current().check_node_create(self._name()):
+        if self.provider().check_node_create(self._name()):
             self.data.pop(key, None)
             return True
-        _deadline(self.data, key, START_TIMEOUT, "start node", self._name())
-        self.poll_after = POLL
+        _deadline(self.data, key, self.start_timeout, "start node", self._name())
+        self.poll_after = self.poll
         return False
 
     def check_create_complete(self):
@@ -188,26 +202,26 @@ class Node(_LocalResource):
     def update(self, old_properties, changed):
         self.data.pop("restarted", None)
         if {"ca_cert", "ca_key"} & changed:
-            current().restart_with_ca(self._name(), self._ca())
+            self.provider().restart_with_ca(self._name(), self._ca())
 
     def check_update_complete(self):
         if not self._started("restarted"):
             return False
-        with closing(current().get_node(self._name()).client()) as client:
+        with closing(self.provider().get_node(self._name()).client()) as client:
             ensure_images(client, list(self._images()))
         return True
 
     def delete(self):
         self.data.pop("deleting", None)
-        current().delete_node(self._name())
+        self.provider().delete_node(self._name())
 
     def check_delete_complete(self):
-        if current().check_node_delete(self._name()):
+        if self.provider().check_node_delete(self._name()):
             return True
-        _deadline(self.data, "deleting", DELETE_TIMEOUT, "delete node", self._name())
-        self.poll_after = POLL
+        _deadline(self.data, "deleting", self.delete_timeout, "delete node", self._name())
+        self.poll_after = self.poll
         return False
 
     def get_attributes(self):
-        info = current().get_node(self._name())
+        info = self.provider().get_node(self._name())
         return info.attributes() if info else {}

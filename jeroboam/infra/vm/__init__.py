@@ -1,0 +1,1 @@
+"""The ``vm`` infrastructure provider: nodes are QEMU virtual machines (see provider.py)."""

@@ -1,0 +1,91 @@
+"""The unchanged Kubernetes driver on VMs: a tenant (a plain member, its template naming no
+server_type) creates 1 master + 1 worker through python-magnumclient; kubectl, with a kubeconfig
+made as `openstack coe cluster config` makes it, sees both nodes Ready and a pod answering
+through a ClusterIP Service; the delete leaves the host as before."""
+
+import json
+import os
+import time
+
+import pytest
+from magnumclient.common import utils as magnum_utils
+
+from tests.drivers.conftest import wait_for, wait_gone, wait_status
+from tests.drivers.test_kubernetes import KUBECTL, WEB, kubectl, ready_nodes
+from tests.support import host_snapshot
+from tests.vm.conftest import assert_qemu_confined, tenant, vm_provider_of
+
+BOOT = 1800  # seconds: a control plane on a TCG guest of a busy 2-core host
+
+
+@pytest.fixture(scope="module")
+def cluster(service):
+    if not os.access(KUBECTL, os.X_OK):
+        pytest.skip("no Kubernetes binaries: run scripts/build-kubernetes.sh")
+    magnum = tenant(service, "p-vm-k8s")
+    template = magnum.cluster_templates.create(name="vm-k8s", coe="kubernetes",
+                                               image_id="jeroboam-node")
+    created = magnum.clusters.create(name="vmk", cluster_template_id=template.uuid,
+                                     master_count=1, node_count=1)
+    try:
+        yield magnum, created.uuid, time.monotonic()
+    finally:
+        try:
+            magnum.clusters.delete(created.uuid)
+            wait_gone(magnum, created.uuid, timeout=180)
+        except Exception:  # noqa: BLE001 (deleted by the last test)
+            pass
+
+
+def kubeconfig_of(magnum, cluster_uuid: str, directory) -> str:
+    """The kubeconfig `openstack coe cluster config` writes (the tenant's own CSR signed by the
+    API), through the same magnumclient code."""
+    cluster = magnum.clusters.get(cluster_uuid)
+    template = magnum.cluster_templates.get(cluster.cluster_template_id)
+    csr = magnum_utils.generate_csr_and_key()
+    certs = {"ca": magnum.certificates.get(cluster_uuid=cluster_uuid).pem,
+             "cert": magnum.certificates.create(cluster_uuid=cluster_uuid, csr=csr["csr"]).pem,
+             "key": csr["key"]}
+    os.environ.setdefault("SHELL", "/bin/bash")
+    magnum_utils.config_cluster(cluster, template, str(directory), certs=certs)
+    return f"{directory}/config"
+
+
+def test_kubernetes_on_vms_serves_a_pod_through_a_service(service, cluster, tmp_path):
+    magnum, uuid, started = cluster
+    done = wait_status(magnum, uuid, "CREATE_COMPLETE", timeout=BOOT)
+    print(f"vm kubernetes 1+1 CREATE_COMPLETE after {time.monotonic() - started:.1f} s "
+          f"(load {os.getloadavg()[0]:.1f})")
+    assert magnum.cluster_templates.get(done.cluster_template_id).server_type == "vm"
+    assert done.health_status_reason.get("vmk-node-0.Ready") == "True"
+    assert_qemu_confined(vm_provider_of(service.data))
+    config = kubeconfig_of(magnum, uuid, tmp_path)
+    assert ready_nodes(config) == {"vmk-master-0": True, "vmk-node-0": True}
+
+    kubectl(config, "apply", "-f", "-", stdin=WEB)
+    wait_for(lambda: "successfully rolled out" in kubectl(
+        config, "rollout", "status", "deployment/web", "--timeout=45s", check=False),
+        600, "deployment web rolled out", interval=1)
+    pods = json.loads(kubectl(config, "get", "pods", "-l", "app=web", "-o", "json"))["items"]
+    names = {p["metadata"]["name"] for p in pods}
+    assert {p["spec"]["nodeName"] for p in pods} == {"vmk-node-0"}  # the master is tainted
+    service_ip = json.loads(kubectl(config, "get", "service", "web", "-o", "json"))[
+        "spec"]["clusterIP"]
+
+    def answers() -> set[str]:
+        out = kubectl(config, "exec", sorted(names)[0], "--", "sh", "-c",
+                      f"for i in $(seq 6); do wget -q -O - http://{service_ip}/ || echo failed; "
+                      "done")
+        return set(out.split()) if "failed" not in out else set()
+    # each answer names the pod serving it: kube-proxy's rules reach the Service's pods
+    assert wait_for(answers, 120, "answers through the Service", interval=2) <= names
+
+
+def test_delete_leaves_the_host_as_before(service, cluster):
+    magnum, uuid, _ = cluster
+    magnum.clusters.delete(uuid)
+    wait_gone(magnum, uuid, timeout=180)
+    provider = vm_provider_of(service.data)
+    inventory, snapshot = service.before
+    assert provider.inventory() == inventory
+    assert host_snapshot(provider.prefix) == snapshot

@@ -360,6 +360,23 @@ def cmd_task_wait(args) -> int:
     return tasks.wait(client, uuid, sys.stdout, args.interval, args.timeout)
 
 
+def cmd_provider_status(args) -> int:
+    from jeroboam import infra
+
+    settings = _settings(args)
+    failed = False
+    for server_type in infra.server_types():
+        try:
+            provider = infra.provider_for(server_type, settings)
+            status = {"nodes": len(provider.nodes()), **provider.status()}
+        except infra.InfraError as exc:
+            status, failed = {"unusable": str(exc)}, True
+        print(f"server_type {server_type}")
+        for key, value in status.items():
+            print(f"  {key}: {value}")
+    return 1 if failed else 0
+
+
 def cmd_config_sample(args) -> int:
     sys.stdout.write(config.sample())
     return 0
@@ -411,6 +428,14 @@ def parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     cfg_sub.add_parser("sample", help="print a commented sample file (as oslo-config-generator "
                                       "--namespace jeroboam)").set_defaults(func=cmd_config_sample)
+
+    provider = sub.add_parser("provider", help="infrastructure providers on this host")
+    provider_sub = provider.add_subparsers(dest="provider_command", required=True)
+    provider_status = provider_sub.add_parser(
+        "status", help="each server_type's provider: whether it can work here, and how (the vm "
+                       "provider's images and acceleration)")
+    common(provider_status)
+    provider_status.set_defaults(func=cmd_provider_status)
 
     task = sub.add_parser("task", help="follow tasks (as `openstack coe task` does)")
     task_sub = task.add_subparsers(dest="task_command", required=True)

@@ -170,6 +170,11 @@ class Provider(abc.ABC):
     def has_state(self) -> bool:
         """Whether this provider ever kept anything here (else there is nothing to reconcile)."""
 
+    def status(self) -> dict[str, str]:
+        """What an operator should know of this provider on this host, beyond that it works
+        (``jeroboam provider status`` prints it)."""
+        return {}
+
     # --- stack fragments -------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -21,7 +21,7 @@ import requests
 from jeroboam.infra.local import BASE_IMAGE, tls_client
 from tests.drivers.conftest import wait_for, wait_gone, wait_status
 from tests.drivers.test_swarm_lifecycle import signed_client_cert
-from tests.support import host_snapshot
+from tests.support import JEROBOAM, host_snapshot
 from tests.vm.conftest import (assert_qemu_confined, privileged_view_of_host, tenant,
                                tenant_docker, vm_nodes, vm_provider_of)
 
@@ -69,7 +69,15 @@ def test_tenants_get_vm_clusters_whose_qemu_holds_no_privilege(service, tenants)
     assert [n.hostname for n in vm_nodes(service, tenants["a"][1])] == ["vma-master-0",
                                                                        "vma-node-0"]
     assert [n.hostname for n in vm_nodes(service, tenants["b"][1])] == ["vmb-master-0"]
-    assert_qemu_confined(vm_provider_of(service.data))
+    provider = vm_provider_of(service.data)
+    assert_qemu_confined(provider)
+    # the operator sees the acceleration the nodes boot with, and why it was chosen
+    accel = provider.acceleration()
+    status = subprocess.run([*JEROBOAM, "provider", "status"], env=service.env, capture_output=True,
+                            text=True, timeout=60, check=True).stdout
+    vm_section = status.split("server_type vm\n", 1)[1]
+    assert f"  acceleration: {accel['accel']} ({accel['reason']})\n" in vm_section
+    assert "  nodes: 3\n" in vm_section
 
 
 def test_a_service_spreads_over_both_vms(tenants, no_ca_bundle):

@@ -87,6 +87,9 @@ TB_SIZE_MB = 128  # TCG's translation cache: the default (1 GB) would double eac
 KVM_TRIAL_TIMEOUT = 5.0
 TCG_CLIENT_TIMEOUT = 30.0
 QEMU = "qemu-system-x86_64"
+# Every QEMU, the trial guest's too: it opens its files as root, then runs as nobody (no
+# capabilities left) under a seccomp filter that denies new processes and old syscalls.
+CONFINED = ("-runas", "nobody", "-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny")
 
 # The network namespace's forwarding: the host may open connections to nodes; nodes only answer
 # (and talk among themselves on the bridge).
@@ -259,6 +262,14 @@ class VmProvider(NodeStore):
     def has_state(self) -> bool:
         return self.state_dir.exists()
 
+    def status(self) -> dict[str, str]:
+        if not (self.images_dir / "VERSION").exists():
+            # the trial boot needs the guest kernel: choosing now would choose TCG for nothing
+            return {"images": f"not built yet in {self.images_dir} (the first node builds them)",
+                    "acceleration": "chosen once the images are built"}
+        accel = self.acceleration()
+        return {"images": self.image_id, "acceleration": f"{accel['accel']} ({accel['reason']})"}
+
     def acceleration(self) -> dict:
         """{"accel": "kvm"|"tcg", "reason": ...}: KVM when a tiny guest boots with it within
         KVM_TRIAL_TIMEOUT s. Kept per host boot in accel.json (the trial costs seconds)."""
@@ -287,7 +298,7 @@ class VmProvider(NodeStore):
 
     def _trial_boot(self, accel: str) -> float | None:
         """Seconds until the guest kernel runs the initramfs's init, or None."""
-        argv = [QEMU, *self._machine_argv(accel), "-serial", "stdio",
+        argv = [QEMU, *self._machine_argv(accel), *CONFINED, "-serial", "stdio",
                 "-append", self._cmdline(quiet=False)]
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -484,8 +495,7 @@ class VmProvider(NodeStore):
                     "-device", "virtio-balloon-device,free-page-reporting=on",
                     "-device", "virtio-serial-device",
                     "-device", "virtserialport,chardev=agent,name=org.jeroboam.agent",
-                    "-runas", "nobody",
-                    "-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny",
+                    *CONFINED,
                     "-pidfile", str(d / "qemu.pid")]
             # `setsid --fork`: QEMU is no worker's child (its own -daemonize forks after the
             # seccomp filter that denies forking is in place)

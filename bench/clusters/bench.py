@@ -180,6 +180,10 @@ def bench_service(runs: int, data: Path) -> dict[str, list[float]]:
     return times
 
 
+def steps_text(took: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds:.2f}" for name, seconds in took.items())
+
+
 def bench_kubernetes(runs: int, data: Path) -> tuple[dict[str, list[float]], dict]:
     service = Service(data)
     times = {"k8s create 1+2 nodes": [], "k8s delete 1+2 nodes": []}
@@ -192,7 +196,7 @@ def bench_kubernetes(runs: int, data: Path) -> tuple[dict[str, list[float]], dic
             took = service.steps(service.last_task)
             t_delete = service.delete(uuid)
             log(f"k8s  run {run}{' (warm-up)' if warm else ''}: create 1+2 {t_create:.2f} s "
-                f"({', '.join(f'{k} {v:.2f}' for k, v in took.items())}), "
+                f"({steps_text(took)}), "
                 f"delete {t_delete:.2f} s, load {os.getloadavg()[0]:.1f}")
             if not warm:
                 times["k8s create 1+2 nodes"].append(t_create)
@@ -217,9 +221,10 @@ def bench_vm(runs: int, data: Path, coe: str) -> dict:
             service.template(f"bench-{kind}", coe_name, "vm")
             for run in range(runs):
                 uuid, t_create = service.create(f"vm-{kind}-{run}", 2, f"bench-{kind}")
+                took = service.steps(service.last_task)
                 t_delete = service.delete(uuid)
-                log(f"vm {kind} run {run}: create 1+2 {t_create:.2f} s, delete {t_delete:.2f} s "
-                    f"(load {os.getloadavg()[0]:.1f})")
+                log(f"vm {kind} run {run}: create 1+2 {t_create:.2f} s ({steps_text(took)}), "
+                    f"delete {t_delete:.2f} s (load {os.getloadavg()[0]:.1f})")
                 times[f"{kind} create 1+2 nodes"].append(t_create)
                 times[f"{kind} delete 1+2 nodes"].append(t_delete)
     finally:

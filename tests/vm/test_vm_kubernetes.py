@@ -1,7 +1,8 @@
 """The unchanged Kubernetes driver on VMs: a tenant (a plain member, its template naming no
 server_type) creates 1 master + 1 worker through python-magnumclient; kubectl, with a kubeconfig
 made as `openstack coe cluster config` makes it, sees both nodes Ready and a pod answering
-through a ClusterIP Service; the delete leaves the host as before."""
+through a ClusterIP Service; a resize up adds a VM that joins Ready, and a resize down that
+removes the first worker drains its pods onto the new one; the delete leaves the host as before."""
 
 import json
 import os
@@ -13,7 +14,7 @@ from magnumclient.common import utils as magnum_utils
 from tests.drivers.conftest import wait_for, wait_gone, wait_status
 from tests.drivers.test_kubernetes import KUBECTL, WEB, kubectl, ready_nodes
 from tests.support import host_snapshot
-from tests.vm.conftest import assert_qemu_confined, tenant, vm_provider_of
+from tests.vm.conftest import assert_qemu_confined, tenant, vm_nodes, vm_provider_of
 
 BOOT = 1800  # seconds: a control plane on a TCG guest of a busy 2-core host
 
@@ -63,12 +64,19 @@ def test_kubernetes_on_vms_serves_a_pod_through_a_service(service, cluster, tmp_
     assert ready_nodes(config) == {"vmk-master-0": True, "vmk-node-0": True}
 
     kubectl(config, "apply", "-f", "-", stdin=WEB)
+    assert web_answers_through_its_service(config) == {"vmk-node-0"}  # the master is tainted
+
+
+def web_answers_through_its_service(config: str) -> set[str]:
+    """Wait for deployment web to roll out and for its pods to answer through the ClusterIP
+    Service, each answer naming the pod serving it (kube-proxy's rules reach them); the nodes
+    the pods run on."""
     wait_for(lambda: "successfully rolled out" in kubectl(
         config, "rollout", "status", "deployment/web", "--timeout=45s", check=False),
         600, "deployment web rolled out", interval=1)
-    pods = json.loads(kubectl(config, "get", "pods", "-l", "app=web", "-o", "json"))["items"]
+    pods = [p for p in json.loads(kubectl(config, "get", "pods", "-l", "app=web", "-o", "json"))[
+        "items"] if p["status"]["phase"] == "Running" and "deletionTimestamp" not in p["metadata"]]
     names = {p["metadata"]["name"] for p in pods}
-    assert {p["spec"]["nodeName"] for p in pods} == {"vmk-node-0"}  # the master is tainted
     service_ip = json.loads(kubectl(config, "get", "service", "web", "-o", "json"))[
         "spec"]["clusterIP"]
 
@@ -77,8 +85,27 @@ def test_kubernetes_on_vms_serves_a_pod_through_a_service(service, cluster, tmp_
                       f"for i in $(seq 6); do wget -q -O - http://{service_ip}/ || echo failed; "
                       "done")
         return set(out.split()) if "failed" not in out else set()
-    # each answer names the pod serving it: kube-proxy's rules reach the Service's pods
     assert wait_for(answers, 120, "answers through the Service", interval=2) <= names
+    return {p["spec"]["nodeName"] for p in pods}
+
+
+def test_resize_up_then_down_drains_the_web_onto_the_new_vm(service, cluster, tmp_path):
+    magnum, uuid, _ = cluster
+    config = kubeconfig_of(magnum, uuid, tmp_path)
+    magnum.clusters.resize(uuid, 2)
+    assert len(wait_status(magnum, uuid, "UPDATE_COMPLETE", timeout=BOOT).node_addresses) == 2
+    nodes = ready_nodes(config)
+    [new] = set(nodes) - {"vmk-master-0", "vmk-node-0"}
+    assert nodes == {"vmk-master-0": True, "vmk-node-0": True, new: True}
+    old, kept = (next(n for n in vm_nodes(service, uuid) if n.hostname == name)
+                 for name in ("vmk-node-0", new))
+    magnum.clusters.resize(uuid, 1, nodes_to_remove=[old.address])
+    shrunk = wait_status(magnum, uuid, "UPDATE_COMPLETE", timeout=BOOT)
+    assert shrunk.node_addresses == [kept.address]
+    assert ready_nodes(config) == {"vmk-master-0": True, new: True}
+    assert old.name not in vm_provider_of(service.data)._processes_by_node().values()
+    # the node that went was drained: the web runs, and answers, on the one that came
+    assert web_answers_through_its_service(config) == {new}
 
 
 def test_delete_leaves_the_host_as_before(service, cluster):

@@ -66,13 +66,14 @@ def pod_range(labels: dict) -> str:
     return _cidr(labels, "calico_ipv4pool", "flannel_network_cidr", default=conf.DEFAULT_POD_CIDR)
 
 
-def cluster_spec(cluster_uuid: str, labels: dict, masters: list, bin_dir: str) -> conf.Spec:
+def cluster_spec(cluster_uuid: str, labels: dict, masters: list, bin_dir: str,
+                 time_scale: float) -> conf.Spec:
     options = {component: shlex.split(str(labels[label]))
                for label, component in OPTION_LABELS.items() if labels.get(label)}
     return conf.Spec(cluster_uuid, tuple(masters), bin_dir, pod_cidr=pod_range(labels),
                      service_cidr=_cidr(labels, "service_cluster_ip_range",
                                         default=conf.DEFAULT_SERVICE_CIDR),
-                     options=options)
+                     options=options, time_scale=time_scale)
 
 
 def wait_api(api: KubeAPI, timeout: float = API_TIMEOUT) -> None:
@@ -138,7 +139,8 @@ class _KubeStack(ClusterStack):
         masters = [m for _, m in pairs if m.master]
         if not masters:
             raise InfraError("lay out the cluster", "no master node is up")
-        return cluster_spec(self.cluster.uuid, self.labels, masters, self.bin_dir), pairs
+        return cluster_spec(self.cluster.uuid, self.labels, masters, self.bin_dir,
+                            self.provider.time_scale), pairs
 
     def api(self, spec: conf.Spec | None = None) -> KubeAPI:
         spec = spec or self.layout()[0]

@@ -36,9 +36,12 @@ NODE_CIDR_PREFIX, MIN_POD_RANGE_PREFIX = 24, 20
 KUBELET_SYSCTLS = {"vm/overcommit_memory": "1", "vm/panic_on_oom": "0", "kernel/panic": "10",
                    "kernel/panic_on_oops": "1", "kernel/keys/root_maxkeys": "1000000",
                    "kernel/keys/root_maxbytes": "25000000"}
-# How fast a dead kubelet shows: leases renewed every second, the node controller declares a
-# node NotReady after NODE_GRACE of silence (upstream: 40 s).
-NODE_GRACE = "8s"
+# How fast a dead kubelet shows: leases renewed every second (a quarter of their duration),
+# the node controller declares a node NotReady after NODE_GRACE seconds of silence (upstream:
+# 40 s). Both are stretched by the provider's time_scale: the kubelet of a TCG guest on a busy
+# host may be silent for longer while it lives, and its node must not flap NotReady.
+NODE_GRACE = 8
+NODE_LEASE_SECONDS = 4
 MASTER_TAINT = "node-role.kubernetes.io/master=:NoSchedule"
 ROLE_LABEL = "magnum.openstack.org/role"
 NODEGROUP_LABEL = "magnum.openstack.org/nodegroup"
@@ -80,6 +83,8 @@ class Spec:
     service_cidr: str = DEFAULT_SERVICE_CIDR
     # extra command-line options per component, from Magnum's *_options labels
     options: dict = field(default_factory=dict)
+    # the provider's: how many times slower than a namespace node its nodes answer
+    time_scale: float = 1.0
 
     @property
     def service_ip(self) -> str:
@@ -150,7 +155,7 @@ def node_files(spec: Spec, member: Member, ca: KeyPair, root: str,
     docker = issue_client_cert(ca, f"kubelet-{member.hostname}")
     files.update({"pki/docker/ca.pem": ca.cert_pem, "pki/docker/cert.pem": docker.cert_pem,
                   "pki/docker/key.pem": docker.key_pem})
-    files["kubelet.yaml"] = _kubelet_config(root, member.pod_cidr)
+    files["kubelet.yaml"] = _kubelet_config(root, member.pod_cidr, spec.time_scale)
     for path, value in KUBELET_SYSCTLS.items():
         files[f"sysctl/{path.replace('/', '.')}"] = value + "\n"
     if member.master:
@@ -174,7 +179,7 @@ def node_files(spec: Spec, member: Member, ca: KeyPair, root: str,
     return files
 
 
-def _kubelet_config(root: str, pod_cidr: str) -> str:
+def _kubelet_config(root: str, pod_cidr: str, time_scale: float) -> str:
     return yaml.safe_dump({
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
         "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
@@ -188,7 +193,8 @@ def _kubelet_config(root: str, pod_cidr: str) -> str:
         # kubenet's range from the start: the node is Ready as soon as it registers
         "podCIDR": pod_cidr,
         "failSwapOn": False, "protectKernelDefaults": False,
-        "nodeStatusUpdateFrequency": "2s", "nodeLeaseDurationSeconds": 4,
+        "nodeStatusUpdateFrequency": "2s",
+        "nodeLeaseDurationSeconds": round(NODE_LEASE_SECONDS * time_scale),
         "serializeImagePulls": False, "staticPodPath": "",
         "syncFrequency": "10s", "fileCheckFrequency": "10s",
     }, sort_keys=False)
@@ -260,7 +266,8 @@ def controller_manager_argv(spec: Spec, member: Member, root: str) -> list[str]:
         # podCIDRs are the driver's (node_pod_cidr)
         "--allocate-node-cidrs=false", "--service-cluster-ip-range", spec.service_cidr,
         f"--leader-elect={str(len(spec.masters) > 1).lower()}",
-        "--node-monitor-period", "1s", "--node-monitor-grace-period", NODE_GRACE,
+        "--node-monitor-period", "1s", "--node-monitor-grace-period",
+        f"{NODE_GRACE * spec.time_scale:g}s",
         *_extra(spec, "kube-controller-manager"),
     ]
 

@@ -18,7 +18,8 @@ from .kubernetes import assess, dead
 from .kubernetes_api import KubeAPI
 from .stack import parallel
 
-# A dead kubelet's node turns NotReady after the node controller's grace period (8 s);
+# A dead kubelet's node turns NotReady after the node controller's grace period (8 s on
+# namespace nodes, stretched by the provider's time_scale);
 # one round every 2 s keeps UNHEALTHY within 15 s of the death.
 MONITOR_INTERVAL = 2.0
 API_TIMEOUT = 3

@@ -144,7 +144,8 @@ class _KubeStack(ClusterStack):
 
     def api(self, spec: conf.Spec | None = None) -> KubeAPI:
         spec = spec or self.layout()[0]
-        return KubeAPI(conf.api_address(spec.masters), self.ca)
+        return KubeAPI(conf.api_address(spec.masters), self.ca,
+                       timeout=KubeAPI.TIMEOUT * self.provider.time_scale)
 
     # --- steps ------------------------------------------------------------------------
 

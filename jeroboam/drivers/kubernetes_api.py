@@ -41,7 +41,9 @@ def _context(ca_pem: str, ca_key_pem: str) -> ssl.SSLContext:
 
 
 class KubeAPI:
-    def __init__(self, server: str, ca: KeyPair, timeout: float = 5):
+    TIMEOUT = 5.0  # seconds per request from a namespace node's API; callers stretch it
+
+    def __init__(self, server: str, ca: KeyPair, timeout: float = TIMEOUT):
         self.server = server.rstrip("/")
         self.ctx = _context(ca.cert_pem, ca.key_pem)
         self.timeout = timeout

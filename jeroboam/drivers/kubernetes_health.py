@@ -43,8 +43,9 @@ class Monitor(SwarmMonitor):
             return
 
         def check(cluster):
+            scale = provider_for(cluster.server_type, self.settings).time_scale
             api = KubeAPI(cluster.api_address, KeyPair(cluster.ca_cert_pem, cluster.ca_key_pem),
-                          timeout=API_TIMEOUT)
+                          timeout=API_TIMEOUT * scale)
             return assess(api)
 
         results = parallel(check, clusters)

@@ -214,10 +214,14 @@ def _api_files(settings, port: int, user, program: str) -> str | None:
 
 def _run_api(settings, engine, sock: socket.socket, metrics_dir: str | None) -> None:
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     host, port = sock.getsockname()[:2]
     workers = settings.get("api", "workers")
-    common = dict(fd=sock.fileno(), loop="uvloop", http="httptools", access_log=False,
+    # The bound socket itself goes to uvicorn, not its fd: uvicorn takes an fd for a unix
+    # socket, and its TCP connections then lack TCP_NODELAY, which costs every response
+    # ~40 ms of delayed ACK.
+    common = dict(loop="uvloop", http="httptools", access_log=False,
                   log_level=settings.get("DEFAULT", "log_level").lower(), lifespan="off",
                   log_config=None)  # uvicorn's lines go through our handlers, not its own
     _announce_when_listening(host, port, engine.url.render_as_string(hide_password=True))
@@ -228,11 +232,12 @@ def _run_api(settings, engine, sock: socket.socket, metrics_dir: str | None) -> 
         os.environ.update(settings.child_env())
         config.load()
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        uvicorn.run("jeroboam.cli.main:api_process_app", factory=True, workers=workers, **common)
+        Multiprocess(uvicorn.Config("jeroboam.cli.main:api_process_app", factory=True,
+                                    workers=workers, **common), sockets=[sock]).run()
     else:
         from jeroboam.api.app import create_app
 
-        uvicorn.run(create_app(settings, engine), **common)
+        uvicorn.Server(uvicorn.Config(create_app(settings, engine), **common)).run(sockets=[sock])
 
 
 def api_process_app():

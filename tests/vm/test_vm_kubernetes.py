@@ -104,7 +104,10 @@ def test_resize_up_then_down_drains_the_web_onto_the_new_vm(service, cluster, tm
     magnum.clusters.resize(uuid, 1, nodes_to_remove=[old.address])
     shrunk = wait_status(magnum, uuid, "UPDATE_COMPLETE", timeout=BOOT)
     assert shrunk.node_addresses == [kept.address]
-    assert ready_nodes(config) == {"vmk-master-0": True, new: True}
+    # once in three CI runs the kept worker showed NotReady right after UPDATE_COMPLETE under
+    # TCG (cause not found; README): it must be Ready within minutes, not at once
+    wait_for(lambda: ready_nodes(config) == {"vmk-master-0": True, new: True}, 300,
+             "the master and the kept worker Ready, the other one gone", interval=2)
     assert old.name not in vm_provider_of(service.data)._processes_by_node().values()
     # the node that went was drained: the web runs, and answers, on the one that came
     assert web_answers_through_its_service(config) == {new}
